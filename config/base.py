@@ -1,0 +1,77 @@
+"""Every config field with its default and what it means.  Experiment files override only what differs.
+
+Paths may contain ``{assets_dir}``; it is replaced by the asset cache folder (``tools/fetch_assets.py``).
+"""
+import os
+
+# ---- models -------------------------------------------------------------------------------------
+network = "r50"               # teacher backbone name for backbones.get_model (r18 r34 r50 r100 r200 mbf mbf_large vargfacenet mfn_tflite)
+network_kwargs = {}           # extra constructor keywords for the teacher (e.g. {"scale": 1} for pre-2021 mbf)
+embedding_size = 512          # teacher embedding dimension (num_features)
+teacher = ""                  # teacher checkpoint: arcface_torch backbone.pth/model.pt or this project's checkpoint
+student_network = ""          # student backbone; "" = same architecture as the teacher, initialised from it
+student_network_kwargs = {}   # constructor keywords for a different student architecture
+student_embedding_size = 0    # 0 = same as embedding_size; differing sizes get a learned projection in the loss
+student_init = ""             # checkpoint for a different student architecture; "" = random init
+
+# ---- quantization -------------------------------------------------------------------------------
+weight_bits = 8               # weight bit width, 2-8 (16 or 32 = keep float)
+act_bits = 8                  # activation bit width, 2-8 (16 or 32 = keep float)
+quant_mode = "deploy"         # "deploy": every Conv/Linear input quantized (maps onto int8 QDQ kernels); "quantface": the paper's placement
+weight_symmetric = True       # per-channel symmetric weights; False = asymmetric min/max (quantface mode forces asymmetric)
+act_observer = "minmax"       # activation range estimator: minmax | ema | percentile | lsq (learned step size)
+act_percentile = 99.99        # percentile for act_observer="percentile"
+ema_momentum = 0.01           # update rate for act_observer="ema"
+observer_steps = 300          # training steps during which activation ranges are collected, then frozen
+layer_bits = {}               # mixed precision: {"module-name glob": [weight_bits, act_bits]}, e.g. {"conv1": [8, 8], "fc": [8, 8]}
+bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
+
+# ---- data ---------------------------------------------------------------------------------------
+data_source = "generator"     # generator (faces made on the fly) | folder (image folder) | recordio (train.rec + train.idx)
+data_path = ""                # folder of images, or folder holding train.rec/train.idx
+generator_weights = "{assets_dir}/gan_face_generate/weights.tar"  # DCGAN generator for data_source="generator"
+samples_per_epoch = 528000    # generated faces per epoch (QuantFace used 528k synthetic images)
+image_size = 112              # network input side
+input_mean = 127.5            # pixel normalisation: (x - input_mean) / input_std
+input_std = 127.5             # 127.5 for insightface models, 128.0 for the tflite MobileFaceNet
+random_flip = True            # random horizontal flip of training images
+num_workers = 2               # DataLoader worker processes (folder / recordio)
+
+# ---- optimisation -------------------------------------------------------------------------------
+batch_size = 128              # images per GPU (per process)
+lr = 0.0                      # learning rate; 0 = 0.1 x total batch / 512 (QuantFace)
+optimizer = "sgd"             # sgd | adamw
+momentum = 0.9                # SGD momentum
+nesterov = True               # SGD Nesterov momentum
+weight_decay = 5e-4           # weight decay
+grad_clip = 5.0               # gradient-norm clip; 0 = off
+loss = "mse"                  # mse (L2-normalised embeddings, QuantFace) | cosine | angular
+epochs = 11                   # training epochs (ignored when num_steps > 0)
+num_steps = 0                 # total training steps; > 0 overrides epochs
+scheduler = "step"            # step | cosine | poly
+lr_milestones = [0.909]       # step schedule: fractions of training after which lr is multiplied by lr_gamma (10/11 = last epoch)
+lr_gamma = 0.1                # step schedule decay factor
+warmup_steps = 0              # linear warm-up steps
+amp = True                    # mixed precision on CUDA (ignored on CPU)
+
+# ---- run ----------------------------------------------------------------------------------------
+output = "work_dirs/run"      # output folder: checkpoints, config used, metrics, summary
+save_every = 1000             # checkpoint every N steps (and at the end)
+keep_last = 3                 # checkpoints kept
+resume = False               # continue from the last checkpoint in output
+log_every = 10                # metrics line every N steps
+tensorboard = False           # also write TensorBoard events (needs the tensorboard package)
+seed = 0                      # random seed (data order, generator latents, init)
+device = "auto"               # auto (cuda when present) | cpu | cuda | cuda:N
+
+# ---- evaluation ---------------------------------------------------------------------------------
+eval_targets = ["lfw", "cfp_fp", "agedb_30", "calfw", "cplfw"]  # .bin verification sets
+eval_data_dir = ""            # folder holding <target>.bin; "" = no verification during training
+eval_every = 2000             # verify every N steps during training
+eval_batch_size = 64          # batch size for verification
+
+# ---- assets and demo ----------------------------------------------------------------------------
+assets_dir = os.environ.get("QUANTFACE_ASSETS", "~/.cache/quantface")  # asset cache (tools/fetch_assets.py)
+demo_holdout_seed = 1000003   # generator seed for held-out faces in the demo report (never trained on)
+demo_holdout_count = 256      # held-out generated faces in the demo report
+config_file = ""              # set by the loader: the experiment file this config came from
