@@ -13,6 +13,9 @@ from typing import Any, Callable
 from torch import nn
 
 from backbones.iresnet import iresnet
+from backbones.mfn_tflite import mfn_tflite
+from backbones.mobilefacenet import mobilefacenet, mobilefacenet_large
+from backbones.vargfacenet import vargfacenet
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "r18": partial(iresnet, "r18"),
@@ -20,6 +23,10 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "r50": partial(iresnet, "r50"),
     "r100": partial(iresnet, "r100"),
     "r200": partial(iresnet, "r200"),
+    "mbf": mobilefacenet,
+    "mbf_large": mobilefacenet_large,
+    "vargfacenet": vargfacenet,
+    "mfn_tflite": mfn_tflite,
 }
 
 

@@ -19,6 +19,7 @@ weight_bits = 8               # weight bit width, 2-8 (16 or 32 = keep float)
 act_bits = 8                  # activation bit width, 2-8 (16 or 32 = keep float)
 quant_mode = "deploy"         # "deploy": every Conv/Linear input quantized (maps onto int8 QDQ kernels); "quantface": the paper's placement
 weight_symmetric = True       # per-channel symmetric weights; False = asymmetric min/max (quantface mode forces asymmetric)
+weight_observer = "minmax"    # weight range: minmax (current per-channel min/max every step) | lsq (learned step size, min/max init)
 act_observer = "minmax"       # activation range estimator: minmax | ema | percentile | lsq (learned step size)
 act_percentile = 99.99        # percentile for act_observer="percentile"
 ema_momentum = 0.01           # update rate for act_observer="ema"

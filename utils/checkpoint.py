@@ -32,6 +32,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -101,7 +104,8 @@ def load_float_model(path: str | os.PathLike, network: str | None = None, **netw
     if not name:
         raise CheckpointError(f"{path} has no metadata naming its backbone; pass the network name")
     kwargs = {**meta.get("network_kwargs", {}), **network_kwargs}
-    if "num_features" not in kwargs and "features.running_mean" in state:
-        kwargs["num_features"] = int(state["features.running_mean"].numel())
+    bn_stats = [key for key in state if key.endswith("running_mean")]
+    if "num_features" not in kwargs and bn_stats:  # the last BN of every backbone here is the embedding BN
+        kwargs["num_features"] = int(state[bn_stats[-1]].numel())
     model = get_model(name, **kwargs)
     return load_state_strict(model, state, str(path))

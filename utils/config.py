@@ -8,11 +8,13 @@ Every assigned name must exist in base.py: a typo is an error naming the closest
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import json
 import os
 import pprint
 import runpy
+import types
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -61,6 +63,10 @@ def _unknown_key_message(key: str, valid: Iterable[str], where: str) -> str:
     return f"unknown {where} key '{key}'{hint}"
 
 
+# imports, helper functions and classes in a config file are not fields
+_NOT_FIELDS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+
+
 def _read_fields(path: Path) -> dict[str, Any]:
     """Execute a config file and return its public top-level assignments (not modules/functions)."""
     if not path.is_file():
@@ -73,7 +79,7 @@ def _read_fields(path: Path) -> dict[str, Any]:
     for key, value in namespace.items():
         if key.startswith("__") or (key.startswith("_") and key != "_base_"):
             continue
-        if type(value).__name__ in ("module", "function", "type"):
+        if isinstance(value, _NOT_FIELDS):
             continue
         fields[key] = value
     return fields
@@ -86,13 +92,17 @@ def _layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[st
         raise ConfigError(f"config files include each other in a loop: {' -> '.join(map(str, seen + (path,)))}")
     fields = _read_fields(path)
     parent = fields.pop("_base_", None)
+    if parent is not None and not isinstance(parent, (str, os.PathLike)):
+        raise ConfigError(f"{path}: '_base_' must be a file name (str), got {type(parent).__name__} {parent!r}")
+    if parent and not (path.parent / parent).is_file():
+        raise ConfigError(f"{path}: '_base_' file not found: {path.parent / parent}")
     chain = _layers((path.parent / parent), seen + (path,)) if parent else []
     return chain + [(path, fields)]
 
 
 def _check_type(key: str, value: Any, default: Any, source: str) -> Any:
     """Values must match the default's type (ints are accepted for floats; None defaults take anything)."""
-    if default is None or value is None:
+    if default is None:
         return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -136,8 +146,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     ``{assets_dir}`` inside string fields is replaced by the resolved ``assets_dir`` field, and
     ``~`` in it is expanded, so configs can point into the asset cache portably.
     """
-    cfg = Config(_read_fields(BASE_CONFIG))
-    cfg.pop("_base_", None)
+    defaults = _read_fields(BASE_CONFIG)
+    defaults.pop("_base_", None)
+    cfg = Config(copy.deepcopy(defaults))
     layers = _layers(Path(path)) if path else []
     for layer_path, fields in layers:
         if layer_path == BASE_CONFIG.resolve():
@@ -145,8 +156,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         for key, value in fields.items():
             if key not in cfg:
                 raise ConfigError(f"{layer_path}: " + _unknown_key_message(key, cfg.keys(), "config"))
-            cfg[key] = _check_type(key, value, cfg[key], str(layer_path))
-    defaults = Config(_read_fields(BASE_CONFIG))
+            cfg[key] = _check_type(key, value, defaults[key], str(layer_path))
     for text in overrides:
         key, value = parse_override(text)
         if key not in cfg:

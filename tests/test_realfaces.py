@@ -1,0 +1,75 @@
+"""Real face photos: all listed faces load from the verified cache and align onto the ArcFace template."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from data.align import ARCFACE_TEMPLATE, similarity_transform
+from utils.assets import realface_records, sha256_file
+from utils.realfaces import aligned_real_faces, read_rgb, real_faces
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return real_faces()
+
+
+def test_every_listed_face_loads_with_its_pinned_photo(faces):
+    records = realface_records()
+    assert len(faces) == len(records) >= 14
+    assert len({f.name for f in faces}) == len(faces)
+    for face, record in zip(faces, records):
+        assert sha256_file(face.photo_path) == record["sha256"], face.photo_path
+        assert face.landmarks.shape == (5, 2) and face.landmarks.dtype == np.float32
+    identities = [f.identity for f in faces]
+    assert identities.count("obama") == 6 and identities.count("biden") == 1
+    assert {f"t1_person{i}" for i in range(6)} <= set(identities)
+    assert {f.name for f in faces} >= {"obama2", "32bit", "t1_face3", "Tom_Hanks_54745"}
+
+
+def test_aligned_crops_are_rgb_uint8_in_list_order(faces):
+    images, identities, names = aligned_real_faces()
+    assert images.shape == (len(faces), 112, 112, 3) and images.dtype == np.uint8
+    assert names == [f.name for f in faces] and identities == [f.identity for f in faces]
+    tom = names.index("Tom_Hanks_54745")  # already aligned: its landmarks are the template, warp is identity
+    np.testing.assert_array_equal(images[tom], read_rgb(faces[tom].photo_path))
+    small, _, _ = aligned_real_faces(size=96)
+    assert small.shape[1:] == (96, 96, 3)
+
+
+def test_eyes_land_on_the_template(faces):
+    """Photo and landmarks agree: after the similarity fit the eye centre is where the template puts it."""
+    template_eyes = ARCFACE_TEMPLATE[:2].mean(0)
+    checked = 0
+    for face in faces:
+        if "partial" in face.name:  # crops with half the face outside the photo
+            continue
+        matrix = similarity_transform(face.landmarks, 112)
+        moved = face.landmarks @ matrix[:2, :2].T + matrix[:, 2]
+        assert np.linalg.norm(moved[:2].mean(0) - template_eyes) < 3.5, face.name
+        assert moved[0, 0] < moved[1, 0], f"{face.name}: left and right eye swapped"
+        checked += 1
+    assert checked == 12
+
+
+def test_32bit_png_decodes_like_its_jpeg_twin(faces):
+    by_name = {f.name: f for f in faces}
+    png = cv2.imread(str(by_name["32bit"].photo_path), cv2.IMREAD_UNCHANGED)
+    assert png.shape[2] == 4  # the file really has an alpha channel
+    rgb_png, rgb_jpg = read_rgb(by_name["32bit"].photo_path), read_rgb(by_name["obama2"].photo_path)
+    assert rgb_png.shape == rgb_jpg.shape == (1200, 626, 3)
+    assert np.abs(rgb_png.astype(int) - rgb_jpg.astype(int)).mean() < 4  # same photo, JPEG noise only
+    assert np.abs(rgb_png.astype(int) - rgb_jpg[..., ::-1].astype(int)).mean() > 10  # and in RGB order
+
+
+def test_read_rgb_composites_alpha_and_expands_grey(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = (200, 100, 50)  # BGR as OpenCV writes it
+    rgba[..., 3] = 255
+    rgba[0, 0, 3] = 0
+    cv2.imwrite(str(tmp_path / "a.png"), rgba)
+    out = read_rgb(tmp_path / "a.png")
+    assert out.shape == (4, 4, 3) and tuple(out[1, 1]) == (50, 100, 200) and tuple(out[0, 0]) == (0, 0, 0)
+    cv2.imwrite(str(tmp_path / "g.png"), np.full((3, 5), 77, np.uint8))
+    assert read_rgb(tmp_path / "g.png").shape == (3, 5, 3)
