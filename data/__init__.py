@@ -1,0 +1,7 @@
+"""Training data: synthetic faces (DCGAN on the fly, or an image folder) and insightface RecordIO."""
+from data.folder import FaceFolderDataset
+from data.generated import GeneratedFaces
+from data.recordio import RecordIODataset
+from data.train_batches import TrainBatches, build_train_batches
+
+__all__ = ["FaceFolderDataset", "GeneratedFaces", "RecordIODataset", "TrainBatches", "build_train_batches"]

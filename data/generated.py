@@ -1,0 +1,62 @@
+"""Synthetic faces made on the fly by the DCGAN: face ``i`` is a pure function of ``(seed, i)``."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.dcgan import LATENT_DIM, load_dcgan
+from data.images import normalise
+from data.keyed_random import keyed_normals
+
+
+class GeneratedFaces:
+    """``count`` DCGAN faces, RGB, ``size`` x ``size``; reproducible across batch sizes, devices and resumes.
+
+    The latent of face ``i`` is hashed from ``(seed, i)`` on the CPU (see ``data.keyed_random``), then
+    the generator (eval mode: BatchNorm running statistics, so faces do not depend on batch
+    composition) runs in chunks of ``batch_size`` on ``device``.  The 64x64 output is upsampled
+    bicubically and rounded to 0..255, so faces saved as PNG by ``tools.generate_faces`` and read
+    back by ``FaceFolderDataset`` are the very same pixels.
+    """
+
+    def __init__(self, weights: str | os.PathLike, count: int, seed: int = 0, size: int = 112,
+                 mean: float = 127.5, std: float = 127.5, device: str | torch.device = "cpu",
+                 batch_size: int = 256) -> None:
+        if count < 1:
+            raise ValueError(f"GeneratedFaces needs count >= 1, got {count}")
+        self.device = torch.device(device)
+        self.generator = load_dcgan(weights, self.device)
+        self.count, self.seed, self.size, self.mean, self.std = count, seed, size, mean, std
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def latents(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """CPU float32 [B, 100] noise of faces ``indices``."""
+        return keyed_normals(self.seed, "latent", indices, LATENT_DIM)
+
+    @torch.no_grad()
+    def generate(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """uint8 RGB [B, 3, size, size] faces ``indices`` on ``device``."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        chunks = []
+        for start in range(0, len(indices), self.batch_size):
+            latent = self.latents(indices[start:start + self.batch_size]).to(self.device, non_blocking=True)
+            faces = self.generator(latent)
+            if faces.shape[-1] != self.size:
+                faces = F.interpolate(faces, size=(self.size, self.size), mode="bicubic", align_corners=False,
+                                      antialias=self.size < faces.shape[-1])
+            chunks.append(((faces + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8))
+        return torch.cat(chunks) if chunks else torch.empty(0, 3, self.size, self.size, dtype=torch.uint8,
+                                                            device=self.device)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Face ``index`` as a normalised float [3, size, size] tensor (no flip)."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"face {index} out of range for {self.count} generated faces")
+        return normalise(self.generate([index])[0], self.mean, self.std)

@@ -1,0 +1,128 @@
+"""The training script's one data entry: ``build_train_batches(cfg, device, rank, world_size)``.
+
+Epoch ``e`` visits a permutation keyed by ``(seed, e)`` (the same on every rank), drops the last
+partial global batch, and gives rank ``r`` every ``world_size``-th sample from ``r`` (as
+``DistributedSampler`` does).  Flips are keyed by ``(seed, e, sample index)``.  Nothing depends on
+what was drawn before, so ``epoch(e, start_batch=k)`` resumes exactly at batch ``k`` without
+decoding or generating the skipped samples.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from data.folder import FaceFolderDataset
+from data.generated import GeneratedFaces
+from data.images import flip_where, normalise, to_chw
+from data.keyed_random import keyed_coins, keyed_permutation
+from data.recordio import RecordIODataset
+
+# plan [N, B] of sample indices -> N uint8 [B, 3, S, S] batches on the device, in order
+BatchSource = Callable[[torch.Tensor], Iterator[torch.Tensor]]
+
+
+class _RawImages(Dataset):
+    """uint8 [3, S, S] images of a folder/RecordIO dataset (flip and normalisation happen batched)."""
+
+    def __init__(self, dataset: FaceFolderDataset | RecordIODataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_chw(self.dataset.read(index))
+
+
+class _PlanSampler(Sampler):
+    """Batch sampler replaying the plan set before each epoch (the DataLoader and its workers persist)."""
+
+    def __init__(self) -> None:
+        self.plan = torch.empty(0, 0, dtype=torch.int64)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (row.tolist() for row in self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+
+class _LoaderSource:
+    """Decode images in ``num_workers`` DataLoader worker processes; pinned, asynchronous copies on CUDA.
+
+    Workers must not call ``cv2.setNumThreads``: after a fork it deadlocks when the parent's OpenCV
+    thread pool was asleep (plain OpenCV calls are fork-safe).
+    """
+
+    def __init__(self, dataset: FaceFolderDataset | RecordIODataset, num_workers: int, device: torch.device) -> None:
+        self.device = device
+        self.sampler = _PlanSampler()
+        self.loader = DataLoader(_RawImages(dataset), batch_sampler=self.sampler, num_workers=num_workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+
+    def __call__(self, plan: torch.Tensor) -> Iterator[torch.Tensor]:
+        self.sampler.plan = plan
+        for batch in self.loader:
+            yield batch.to(self.device, non_blocking=True)
+
+
+def _generator_source(faces: GeneratedFaces) -> BatchSource:
+    return lambda plan: (faces.generate(indices.numpy()) for indices in plan)
+
+
+class TrainBatches:
+    """Normalised float [B, 3, S, S] training batches on the device for one rank, epoch by epoch."""
+
+    def __init__(self, source: BatchSource, length: int, batch_size: int, seed: int, mean: float, std: float,
+                 random_flip: bool, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.batches_per_epoch = length // (batch_size * world_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{length} training samples do not fill one batch of {batch_size} on each of "
+                             f"{world_size} processes; lower batch_size or add data")
+        self.source, self.length, self.batch_size, self.seed = source, length, batch_size, seed
+        self.mean, self.std, self.random_flip = mean, std, random_flip
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def plan(self, epoch: int, start_batch: int = 0) -> torch.Tensor:
+        """int64 [batches_per_epoch - start_batch, batch_size]: this rank's sample indices, batch by batch."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} outside 0..{self.batches_per_epoch} (batches per epoch)")
+        order = keyed_permutation(self.seed, "order", epoch, self.length)
+        used = order[: self.batches_per_epoch * self.batch_size * self.world_size]
+        return used[self.rank::self.world_size].view(self.batches_per_epoch, self.batch_size)[start_batch:]
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
+        """Batches ``start_batch`` .. ``batches_per_epoch - 1`` of ``epoch`` for this rank."""
+        plan = self.plan(epoch, start_batch)
+        for indices, images in zip(plan, self.source(plan)):
+            if self.random_flip:
+                images = flip_where(images, keyed_coins(self.seed, "flip", epoch, indices.numpy()))
+            yield normalise(images, self.mean, self.std)
+
+
+def build_train_batches(cfg, device: str | torch.device, rank: int = 0, world_size: int = 1) -> TrainBatches:
+    """TrainBatches for ``cfg.data_source``: generator (``samples_per_epoch`` faces) | folder | recordio."""
+    device = torch.device(device)
+    kind = cfg.data_source
+    if kind == "generator":
+        faces = GeneratedFaces(cfg.generator_weights, cfg.samples_per_epoch, seed=cfg.seed, size=cfg.image_size,
+                               device=device, batch_size=cfg.batch_size)
+        source, length = _generator_source(faces), len(faces)
+    elif kind in ("folder", "recordio"):
+        if not cfg.data_path:
+            raise ValueError(f"data_source = {kind!r} needs data_path (the image folder, or the folder holding "
+                             "train.rec and train.idx)")
+        dataset_type = FaceFolderDataset if kind == "folder" else RecordIODataset
+        dataset = dataset_type(cfg.data_path, size=cfg.image_size)
+        source, length = _LoaderSource(dataset, cfg.num_workers, device), len(dataset)
+    else:
+        raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder' or 'recordio'")
+    return TrainBatches(source, length, cfg.batch_size, cfg.seed, cfg.input_mean, cfg.input_std,
+                        cfg.random_flip, rank, world_size)
