@@ -1,0 +1,275 @@
+"""End-to-end QuantFace training on CPU: real teacher checkpoint files, real image folders, real models.
+
+Small but real: r18 / MobileFaceNet at 112x112 with 64-D embeddings and batches of 2-4.  Training runs
+in this process where possible; the kill-and-resume and the 2-process DDP tests start real processes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import quant
+import train_quantization as tq
+from backbones import get_model
+from data import build_train_batches
+from eval.verification import write_bin
+from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.distributed import DistEnv
+from utils.logging import read_metrics
+from utils.train_state import list_checkpoints, load_training_state
+
+ROOT = Path(__file__).resolve().parent.parent
+MBF = {"num_features": 64, "scale": 1}
+VARG = {"num_features": 64, "multiplier": 0.5, "dropout": 0.5}  # narrow VarGFaceNet with dropout: cheap, random
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two busy cores: one intra-op thread per process is much faster than oversubscribing."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_faces(folder: Path, count: int, seed: int = 0) -> Path:
+    """``count`` smooth random 112x112 PNG images (upsampled noise) as a training folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        small = rng.integers(0, 256, (14, 14, 3), dtype=np.uint8)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.resize(small, (112, 112), interpolation=cv2.INTER_CUBIC))
+    return folder
+
+
+def write_teacher(path: Path, network: str, **kwargs) -> Path:
+    """A seeded random-init backbone whose BatchNorm statistics come from one pass over random inputs,
+    saved as a project checkpoint (a real file in the real format)."""
+    torch.manual_seed(0)
+    model = get_model(network, **kwargs)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.momentum = None  # cumulative average: one pass sets the statistics of that pass
+        bn.reset_running_stats()
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 112, 112))
+    for bn in norms:
+        bn.momentum = 0.1
+    return save_checkpoint(path, model.state_dict(), {"network": network, "network_kwargs": kwargs})
+
+
+def write_config(path: Path, **fields) -> Path:
+    base = {"device": "cpu", "data_source": "folder", "num_workers": 0, "random_flip": False,
+            "bn_mode": "frozen", "log_every": 1, "observer_steps": 2, "save_every": 100}
+    path.write_text("".join(f"{k} = {v!r}\n" for k, v in {**base, **fields}.items()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train_assets")
+    return {"r18": write_teacher(root / "r18.pt", "r18", num_features=64),
+            "mbf": write_teacher(root / "mbf.pt", "mbf", **MBF),
+            "vargfacenet": write_teacher(root / "vargfacenet.pt", "vargfacenet", **VARG),
+            "faces2": write_faces(root / "faces2", 2), "faces8": write_faces(root / "faces8", 8, seed=1)}
+
+
+def run_inprocess(config: Path, *overrides: str):
+    """``train()`` as the script runs it (one process), returning (student, summary)."""
+    cfg = tq.load_config(config, overrides)
+    return tq.train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
+
+
+def losses(output: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(output / "metrics.jsonl") if "loss" in r]
+
+
+def assert_same_outputs(student: torch.nn.Module, path: Path) -> None:
+    """``quant.load_quantized`` rebuilds a student whose embeddings equal the in-memory one's."""
+    loaded = quant.load_quantized(path).eval()
+    quant.set_observers(student, False)
+    images = torch.randn(3, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), student.eval()(images))
+
+
+# ---- training works ---------------------------------------------------------------------------
+
+def test_r18_w4a4_distillation_lowers_the_loss_and_saves_a_loadable_student(assets, tmp_path):
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "cfg.py", network="r18", embedding_size=64, teacher=str(assets["r18"]),
+                          data_path=str(assets["faces2"]), batch_size=2, num_steps=6, lr=0.05,
+                          weight_bits=4, act_bits=4, output=str(out))
+    student, summary = run_inprocess(config)
+    curve = losses(out)
+    assert len(curve) == 6 and all(np.isfinite(curve))
+    assert curve[-1] < 0.5 * curve[0], curve  # the same 2 faces every step: the student approaches the teacher
+    assert summary["bits"] == "W4A4" and summary["steps"] == 6 and summary["compression"] > 7
+    assert summary["final_loss"] == pytest.approx(curve[-1])
+    assert_same_outputs(student, out / tq.FINAL_STUDENT)
+    _, meta = read_checkpoint(out / tq.FINAL_STUDENT)
+    assert meta["network"] == "r18" and meta["network_kwargs"]["num_features"] == 64
+    assert meta["input_mean"] == 127.5 and meta["quant"]["weight_bits"] == 4
+    for name in ("config.py", "config.json", "summary.json", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    ckpt = load_training_state(list_checkpoints(out)[-1][1])  # weights_only=True inside
+    assert ckpt["step"] == 6 and ckpt["observers_enabled"] is False
+
+
+def test_mbf_student_of_an_r18_teacher_learns_through_a_projection_and_is_verified(assets, tmp_path):
+    out = tmp_path / "run"
+    faces = [cv2.imread(str(p))[:, :, ::-1] for p in sorted(write_faces(tmp_path / "pairs", 20, seed=2).iterdir())]
+    write_bin(tmp_path / "bins" / "lfw.bin", faces, [k % 2 == 0 for k in range(10)])
+    config = write_config(tmp_path / "cfg.py", network="r18", embedding_size=64, teacher=str(assets["r18"]),
+                          student_network="mbf", student_network_kwargs={"scale": 1}, student_embedding_size=32,
+                          data_path=str(assets["faces2"]), batch_size=2, num_steps=8, lr=0.1, output=str(out),
+                          loss="cosine", eval_data_dir=str(tmp_path / "bins"), eval_targets=["lfw"], eval_every=4,
+                          eval_batch_size=8)
+    student, summary = run_inprocess(config)
+    curve = losses(out)
+    assert curve[-1] < 0.5 * curve[0], curve  # a random-init student, 1 - cos falls from ~0.8
+    verified = [r for r in read_metrics(out / "metrics.jsonl") if "eval" in r]
+    assert [r["step"] for r in verified] == [4, 8]  # every eval_every steps and at the end
+    assert verified[-1]["eval"] == summary["eval"] and summary["eval"]["lfw"]["pairs"] == 10
+    assert 0.0 <= summary["eval"]["lfw"]["accuracy"] <= 1.0
+    assert summary["student"] == "mbf" and summary["teacher_network"] == "r18"
+    assert_same_outputs(student, out / tq.FINAL_STUDENT)
+    state, meta = read_checkpoint(out / tq.FINAL_STUDENT)
+    assert meta["network"] == "mbf" and meta["network_kwargs"] == {"num_features": 32, "scale": 1}
+    assert not any("projection" in key for key in state)  # the projection is not part of the student
+    ckpt = load_training_state(list_checkpoints(out)[-1][1])
+    assert ckpt["projection"]["projection.weight"].shape == (64, 32)
+
+
+# ---- clear failures ---------------------------------------------------------------------------
+
+def test_missing_or_mismatching_teacher_is_a_clear_error(assets, tmp_path, capsys):
+    common = {"network": "mbf", "network_kwargs": {"scale": 1}, "embedding_size": 64,
+              "data_path": str(assets["faces2"]), "batch_size": 2, "num_steps": 2}
+    missing = write_config(tmp_path / "a.py", teacher=str(tmp_path / "nope.pt"), output=str(tmp_path / "a"), **common)
+    assert tq.main([str(missing)]) == 1
+    assert f"checkpoint not found: {tmp_path / 'nope.pt'}" in capsys.readouterr().err
+    none = write_config(tmp_path / "b.py", teacher="", output=str(tmp_path / "b"), **common)
+    assert tq.main([str(none)]) == 1
+    assert "no teacher: set teacher=" in capsys.readouterr().err
+    wrong_size = write_config(tmp_path / "c.py", teacher=str(assets["mbf"]), output=str(tmp_path / "c"),
+                              **{**common, "embedding_size": 128})
+    assert tq.main([str(wrong_size)]) == 1
+    assert "makes 64-D embeddings but embedding_size=128" in capsys.readouterr().err
+    wrong_net = write_config(tmp_path / "d.py", teacher=str(assets["r18"]), output=str(tmp_path / "d"), **common)
+    assert tq.main([str(wrong_net)]) == 1
+    assert "is a 'r18' but network='mbf'" in capsys.readouterr().err
+    no_bins = write_config(tmp_path / "e.py", teacher=str(assets["mbf"]), output=str(tmp_path / "e"),
+                           eval_data_dir=str(tmp_path), eval_targets=["lfw"], **common)
+    assert tq.main([str(no_bins)]) == 1
+    assert f"verification set(s) not found: {tmp_path / 'lfw.bin'}" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "cfg.py", network="mbf", network_kwargs={"scale": 1}, embedding_size=64,
+                          teacher=str(assets["mbf"]), data_path=str(assets["faces2"]), batch_size=2, num_steps=6,
+                          lr=1e30, grad_clip=0.0, save_every=1, output=str(out))
+    assert tq.main([str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "loss is nan at step " in err, err
+    bad_step = int(err.split("loss is nan at step ")[1].split()[0])
+    saved = [step for step, _ in list_checkpoints(out)]
+    assert 1 < bad_step <= 6 and saved[-1] == bad_step - 1
+    good = load_training_state(list_checkpoints(out)[-1][1])
+    assert all(torch.isfinite(v).all() for v in good["student"].values() if v.is_floating_point())
+    assert not (out / tq.FINAL_STUDENT).exists()
+
+
+# ---- resume after a real kill, and DDP ----------------------------------------------------------
+
+def _script_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _train_process(config: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train_quantization.py"), str(config), *overrides],
+                            cwd=ROOT, env=_script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(assets, tmp_path):
+    # dropout in the student and random flips: randomness that must replay identically after resume
+    common = dict(network="vargfacenet", network_kwargs=VARG, embedding_size=64, teacher=str(assets["vargfacenet"]),
+                  data_path=str(assets["faces8"]), batch_size=2, num_steps=4, lr=0.05, random_flip=True,
+                  observer_steps=3, save_every=1, keep_last=2)
+    straight = write_config(tmp_path / "straight.py", output=str(tmp_path / "straight"), **common)
+    killed = write_config(tmp_path / "killed.py", output=str(tmp_path / "killed"), **common)
+
+    victim = _train_process(killed)
+    first_checkpoint = tmp_path / "killed" / "checkpoints" / "step_00000001.pt"
+    deadline = time.monotonic() + 240
+    while not first_checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / tq.FINAL_STUDENT).exists()
+    resumed_from = list_checkpoints(tmp_path / "killed")[-1][0]
+    assert 1 <= resumed_from < 4
+
+    reference = _train_process(straight)  # runs while this test waits for the resumed run too
+    resumed = _finish(_train_process(killed, "resume=true"))
+    _finish(reference)
+    assert f"at step {resumed_from}" in resumed
+    final_straight, _ = read_checkpoint(tmp_path / "straight" / tq.FINAL_STUDENT)
+    final_resumed, _ = read_checkpoint(tmp_path / "killed" / tq.FINAL_STUDENT)
+    assert final_straight.keys() == final_resumed.keys()
+    for key in final_straight:
+        assert torch.equal(final_straight[key], final_resumed[key]), key
+    assert [r["step"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]
+    assert len(list_checkpoints(tmp_path / "killed")) == 2  # keep_last
+    with pytest.raises(tq.TrainingError, match="already holds checkpoints"):
+        run_inprocess(killed)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_gloo_run_ends_with_identical_weights_and_ranges_on_both_ranks(assets, tmp_path):
+    # observers stay on through the last step: without the all-reduce of ranges the ranks would differ
+    config = write_config(tmp_path / "ddp.py", network="mbf", network_kwargs={"scale": 1}, embedding_size=64,
+                          teacher=str(assets["mbf"]), data_path=str(assets["faces8"]), batch_size=2, num_steps=3,
+                          lr=0.05, observer_steps=3, output=str(tmp_path / "ddp"))
+    cfg = tq.load_config(config)
+    shards = [build_train_batches(cfg, "cpu", rank, 2).plan(0) for rank in (0, 1)]
+    assert not set(shards[0].flatten().tolist()) & set(shards[1].flatten().tolist())  # ranks see different faces
+
+    env = {**_script_env(), tq.RANK_STATE_ENV: str(tmp_path / "ranks")}
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               f"--master_port={_free_port()}", str(ROOT / "train_quantization.py"), str(config)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _finish(launch)
+    rank0 = torch.load(tmp_path / "ranks" / "student_rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ranks" / "student_rank1.pt", weights_only=True)
+    ranges = [k for k in rank0 if k.endswith(("estimator.min_val", "estimator.max_val"))]
+    assert ranges and all(torch.isfinite(rank0[k]).all() for k in ranges)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    final, meta = read_checkpoint(tmp_path / "ddp" / tq.FINAL_STUDENT)  # written by rank 0 only
+    assert final.keys() == rank0.keys() and all(torch.equal(final[k], rank0[k]) for k in rank0)
+    assert (tmp_path / "ddp" / "summary.json").is_file()

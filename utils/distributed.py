@@ -1,0 +1,90 @@
+"""torch.distributed set-up from the torchrun environment, and the few collectives training needs.
+
+A plain ``python train_quantization.py`` run is world size 1 and never touches torch.distributed;
+``torchrun --nproc_per_node=N`` sets RANK / WORLD_SIZE / LOCAL_RANK and we join the process group
+with NCCL on GPUs or gloo on CPU.  Every helper here is a no-op (or the identity) for one process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: its rank, the number of processes and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else CPU; ``cuda`` -> ``cuda:<local_rank>``."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda":
+        spec = f"cuda:{local_rank}"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device '{spec}' asked for but CUDA is not available; use device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device '{spec}' does not exist ({torch.cuda.device_count()} GPU(s) visible)")
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device_spec: str = "auto") -> DistEnv:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **kwargs)
+    return DistEnv(rank, world_size, local_rank, device)
+
+
+def cleanup() -> None:
+    """Leave the process group (safe to call when none was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of ``value`` over ranks (a new tensor; the input is left alone)."""
+    value = value.detach().clone()
+    if is_distributed():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return value
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj from rank 0, obj from rank 1, ...]`` (picklable objects; ``[obj]`` for one process)."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
