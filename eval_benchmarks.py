@@ -1,0 +1,147 @@
+"""Evaluate checkpoints on the verification sets and IJB-B/C; write one JSON, a markdown table and ROC plots.
+
+    python eval_benchmarks.py --checkpoint student.pt teacher.pt --data-dir /data/faces_emore \\
+        --targets lfw,cfp_fp,agedb_30,calfw,cplfw --ijb IJBC --ijb-dir /data/IJB_release --out work_dirs/eval
+
+Float checkpoints, quantized students and bare arcface_torch state_dicts (give ``--network r100``) are
+accepted alike (``quant.load_any_model``).  Pixels are normalised with the checkpoint's ``input_mean`` /
+``input_std`` (default 127.5 / 127.5).  Outputs in ``--out``: ``results.json`` (every number, rewritten
+after each checkpoint), ``results.md`` (one row per checkpoint, as in the QuantFace paper's tables),
+``roc_<ijbx>.png`` and ``<checkpoint>_<ijbx>_scores.npy`` (pair scores, in pair-file order).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from eval.embed import DEFAULT_WORKERS
+from eval.ijb import TARGETS as IJB_TARGETS
+from eval.ijb import IjbFormatError, IjbSet, evaluate_ijb, far_key, load_ijb
+from eval.report import (IJB_COLUMNS, TABLE_FAR, bits_label, checkpoint_labels, markdown_table, plot_roc,
+                         thin_curve, write_json)
+from eval.safe_pickle import UnsafePickleError
+from eval.verification import BinFormatError, verify
+from quant import load_any_model, size_report
+from utils.checkpoint import CheckpointError
+from utils.distributed import resolve_device
+
+DEFAULT_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="PATH", help="checkpoints to evaluate")
+    parser.add_argument("--network", default=None,
+                        help="backbone name for checkpoints without metadata (bare arcface_torch state_dicts)")
+    parser.add_argument("--data-dir", default=None, help="folder holding <target>.bin")
+    parser.add_argument("--targets", default=None, help=f"comma-separated .bin names (default {DEFAULT_TARGETS})")
+    parser.add_argument("--ijb", default="", help="IJBB, IJBC or IJBB,IJBC")
+    parser.add_argument("--ijb-dir", default=None,
+                        help="released IJB folder (holding meta/ and loose_crop/, or IJBB/ and IJBC/ folders)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="image decoding threads")
+    parser.add_argument("--out", required=True, help="output folder")
+    args = parser.parse_args(argv)
+    if args.targets is not None and not args.data_dir:
+        parser.error("--targets needs --data-dir (the folder holding <target>.bin)")
+    targets = DEFAULT_TARGETS if args.targets is None else args.targets
+    args.targets = [t.strip() for t in targets.split(",") if t.strip()] if args.data_dir else []
+    args.ijb = [t.strip().upper() for t in args.ijb.split(",") if t.strip()]
+    bad = [t for t in args.ijb if t not in IJB_TARGETS]
+    if bad:
+        parser.error(f"--ijb {','.join(bad)}: use IJBB, IJBC or IJBB,IJBC")
+    if args.ijb and not args.ijb_dir:
+        parser.error("--ijb needs --ijb-dir")
+    if not args.targets and not args.ijb:
+        parser.error("nothing to evaluate: give --data-dir (with --targets) and/or --ijb with --ijb-dir")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    return args
+
+
+def find_bins(data_dir: str, targets: list[str]) -> dict[str, Path]:
+    """``{target: path}``; every missing file is reported at once, before any model runs."""
+    bins = {t: Path(data_dir) / f"{t}.bin" for t in targets}
+    missing = [str(p) for p in bins.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"verification set(s) not found: {', '.join(missing)}; "
+                                "choose the available ones with --targets")
+    return bins
+
+
+def evaluate_checkpoint(path: str, label: str, args: argparse.Namespace, device: torch.device,
+                        bins: dict[str, Path], ijb_sets: dict[str, IjbSet], out: Path,
+                        curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
+    """Every requested benchmark for one checkpoint; IJB ROC curves are added to ``curves``."""
+    model, meta = load_any_model(path, args.network)
+    model.to(device)
+    mean, std = float(meta.get("input_mean", 127.5)), float(meta.get("input_std", 127.5))
+    entry: dict[str, Any] = {"label": label, "path": str(path), "network": meta.get("network", args.network),
+                             "bits": bits_label(meta), "size_mb": float(size_report(model)["total_mb"]),
+                             "quant": meta.get("quant"), "input_mean": mean, "input_std": std,
+                             "verification": {}, "ijb": {}}
+    print(f"== {label}: {entry['network']} {entry['bits']} {entry['size_mb']:.2f} MB ({path})", flush=True)
+    for target, bin_path in bins.items():
+        r = verify(model, bin_path, device, args.batch_size, mean, std, workers=args.workers)
+        entry["verification"][target] = r
+        val = (f"VAL@FAR=1e-3 {r['val'] * 100:.2f} +- {r['val_std'] * 100:.2f} % (FAR {r['far']:.5f})"
+               if r["val"] is not None else "VAL undefined (a fold lacks same or different pairs)")
+        print(f"[{label}] {target}: accuracy {r['accuracy'] * 100:.2f} +- {r['accuracy_std'] * 100:.2f} %, "
+              f"threshold {r['best_threshold']:.3f}, {val}, {r['images'] / r['embed_seconds']:.0f} images/s",
+              flush=True)
+    for target, ijb in ijb_sets.items():
+        result = evaluate_ijb(model, ijb, device, args.batch_size, mean, std, workers=args.workers)
+        entry["ijb"][target] = result.metrics
+        np.save(out / f"{label.replace('/', '_')}_{target.lower()}_scores.npy", result.scores)
+        curves[target][label] = thin_curve(result.fpr, result.tpr)
+        print(f"[{label}] {target}: " + "  ".join(f"TAR@FAR={k} {v * 100:.2f}"
+                                                  for k, v in result.metrics["tar_at_far"].items()), flush=True)
+    return entry
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate every checkpoint; returns the JSON document written to ``<out>/results.json``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    missing = [p for p in args.checkpoint if not Path(p).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint(s) not found: {', '.join(missing)}")
+    bins = find_bins(args.data_dir, args.targets) if args.targets else {}
+    ijb_sets = {t: load_ijb(args.ijb_dir, t) for t in args.ijb}
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {t: {} for t in ijb_sets}
+    document: dict[str, Any] = {
+        "settings": {"targets": args.targets, "data_dir": args.data_dir, "ijb": args.ijb, "ijb_dir": args.ijb_dir,
+                     "batch_size": args.batch_size, "device": str(device), "table_far": far_key(TABLE_FAR)},
+        "checkpoints": []}
+    began = time.time()
+    for path, label in zip(args.checkpoint, checkpoint_labels(args.checkpoint)):
+        document["checkpoints"].append(evaluate_checkpoint(path, label, args, device, bins, ijb_sets, out, curves))
+        write_json(out / "results.json", document)
+    for target, target_curves in curves.items():
+        plot_roc(target_curves, f"ROC on {IJB_COLUMNS[target]}", out / f"roc_{target.lower()}.png")
+    table = markdown_table(document["checkpoints"])
+    (out / "results.md").write_text(table)
+    print(f"\n{table}\nwrote {out / 'results.json'} and {out / 'results.md'} in {time.time() - began:.0f} s")
+    return document
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (FileNotFoundError, CheckpointError, BinFormatError, UnsafePickleError, IjbFormatError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
