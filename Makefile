@@ -4,9 +4,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
-DEMO_CONFIG ?= config/demo_mbf_w8a8.py
+DEMO_CONFIGS ?= config/demo_mbf_w8a8.py
+ALL_DEMO_CONFIGS := config/demo_mbf_w8a8.py config/demo_mbf_w6a6.py config/demo_mbf_w4a4.py config/demo_mbf_mixed.py
 
-.PHONY: venv assets demo test clean-venv
+.PHONY: venv assets demo demo-all test clean-venv
 
 venv: $(VENV)/.installed
 
@@ -19,8 +20,14 @@ $(VENV)/.installed: requirements.txt
 assets: venv
 	$(PY) -m tools.fetch_assets
 
+# Distil each demo config (resume=true: a finished run is not redone, an interrupted one continues),
+# then compare teacher, calibration-only baseline and distilled student on real photos.
 demo: assets
-	$(PY) -m tools.run_demo $(DEMO_CONFIG)
+	for config in $(DEMO_CONFIGS); do $(PY) train_quantization.py $$config resume=true || exit 1; done
+	$(PY) -m tools.demo_report $(DEMO_CONFIGS) --out work_dirs/demo_report
+
+demo-all: DEMO_CONFIGS := $(ALL_DEMO_CONFIGS)
+demo-all: demo
 
 test: assets
 	$(PY) -m pytest -q

@@ -192,16 +192,18 @@ def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
     seed_everything(cfg.seed)
     teacher, teacher_kwargs = load_teacher(cfg)
     float_student, student_name, student_kwargs = build_student(cfg, teacher, teacher_kwargs)
-    qcfg = quant.QuantConfig.from_config(cfg)
-    student = quant.quantize_model(float_student, qcfg).to(device).train()
-    teacher = teacher.to(device).eval().requires_grad_(False)  # after the student copied it
-    kd = DistillationLoss(cfg.loss, student_kwargs["num_features"], cfg.embedding_size).to(device)
-
-    # data, optimisation
     try:
         data = build_train_batches(cfg, device, env.rank, env.world_size)
     except ValueError as exc:  # no or unreadable data; the message names the file or field
         raise TrainingError(f"training data: {exc}") from exc
+    qcfg = quant.QuantConfig.from_config(cfg)
+    # equalisation sees the same first batches on every rank, so all ranks start identical
+    calibration = rng_isolated(build_train_batches(cfg, device).epoch(0)) if qcfg.equalize else None
+    student = quant.quantize_model(float_student, qcfg, calibration).to(device).train()
+    teacher = teacher.to(device).eval().requires_grad_(False)  # after the student copied it
+    kd = DistillationLoss(cfg.loss, student_kwargs["num_features"], cfg.embedding_size).to(device)
+
+    # optimisation
     steps = total_steps(cfg.num_steps, cfg.epochs, data.batches_per_epoch)
     lr = scaled_lr(cfg.lr, cfg.batch_size, env.world_size)
     optimizer = build_optimizer(cfg, param_groups([student, kd], cfg.weight_decay), lr)

@@ -25,6 +25,7 @@ act_percentile = 99.99        # percentile for act_observer="percentile"
 ema_momentum = 0.01           # update rate for act_observer="ema"
 observer_steps = 300          # training steps during which activation ranges are collected, then frozen
 layer_bits = {}               # mixed precision: {"module-name glob": [weight_bits, act_bits]}, e.g. {"conv1": [8, 8], "fc": [8, 8]}
+equalize = False              # rescale channels between adjacent layers (exact through PReLU/ReLU) so per-tensor activation ranges fit every channel; uses the first training batches
 bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
 
 # ---- data ---------------------------------------------------------------------------------------

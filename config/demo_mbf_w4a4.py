@@ -1,0 +1,6 @@
+"""Demo at W4A4: the W8A8 demo (demo_mbf_w8a8.py) with 4-bit weights and activations."""
+_base_ = "demo_mbf_w8a8.py"
+
+weight_bits = 4
+act_bits = 4
+output = "work_dirs/demo_mbf_w4a4"

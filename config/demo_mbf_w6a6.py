@@ -1,0 +1,6 @@
+"""Demo at W6A6: the W8A8 demo (demo_mbf_w8a8.py) with 6-bit weights and activations."""
+_base_ = "demo_mbf_w8a8.py"
+
+weight_bits = 6
+act_bits = 6
+output = "work_dirs/demo_mbf_w6a6"

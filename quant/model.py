@@ -1,0 +1,137 @@
+"""``quantize_model``: place quantizers on a copy of a float model, generically, by module type."""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from quant.bn import fold_batchnorms, freeze_batchnorms
+from quant.config import QuantConfig, is_float_bits
+from quant.equalize import equalize
+from quant.graph import ModelGraph, trace
+from quant.layers import QUANT_CLASSES, attach_quantizers
+from quant.quantizer import FakeQuantizer, act_quantizer, weight_quantizer
+from utils.ops import Add, Mul
+
+
+class QuantizeError(ValueError):
+    """The model or the placement settings cannot be quantized as asked; the message says why."""
+
+
+@dataclass
+class _Plan:
+    """Which tensors of one module get quantizers, and at which bit widths."""
+
+    weight_bits: int
+    act_bits: int
+    weight: bool = False
+    inputs: tuple[bool, ...] = ()
+    output: bool = False
+
+
+def quantizers(model: nn.Module) -> Iterator[tuple[str, FakeQuantizer]]:
+    """Every fake quantizer in ``model`` with its dotted name."""
+    for name, module in model.named_modules():
+        if isinstance(module, FakeQuantizer):
+            yield name, module
+
+
+def layer_bits(names: list[str], qcfg: QuantConfig) -> dict[str, tuple[int, int]]:
+    """``(weight_bits, act_bits)`` per module name: defaults, overridden by ``qcfg.layer_bits`` (last match wins)."""
+    bits = {name: (qcfg.weight_bits, qcfg.act_bits) for name in names}
+    for pattern, (w_bits, a_bits) in qcfg.layer_bits.items():
+        matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            raise QuantizeError(
+                f"layer_bits pattern {pattern!r} matches no quantizable module; patterns are fnmatch globs on "
+                f"dotted module names such as {', '.join(names[:3])}, ..., {names[-1]} ({len(names)} modules)")
+        for name in matched:
+            bits[name] = (w_bits, a_bits)
+    return bits
+
+
+def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict[str, _Plan]:
+    """Placement per module name (the two modes are described in the ``quant`` package docstring)."""
+    targets = {name: m for name, m in model.named_modules() if type(m) in QUANT_CLASSES}
+    if not targets:
+        raise QuantizeError(f"{type(model).__name__} has no Conv2d, Linear, PReLU or utils.ops Add/Mul to quantize")
+    plans = {name: _Plan(*bits) for name, bits in layer_bits(list(targets), qcfg).items()}
+    for name, plan in plans.items():
+        module, acts = targets[name], not is_float_bits(plan.act_bits)
+        binary = isinstance(module, (Add, Mul))
+        plan.inputs = (False, False) if binary else (False,)
+        plan.output = acts and binary
+        if isinstance(module, nn.PReLU):  # QuantFace: slope and output; deploy: PReLU stays float
+            plan.weight = plan.output = acts and qcfg.mode == "quantface"
+        else:
+            plan.weight = not binary and not is_float_bits(plan.weight_bits)
+    if qcfg.mode == "deploy":
+        quantized = {name for name, plan in plans.items() if plan.output}
+        for name, plan in plans.items():
+            if isinstance(targets[name], nn.PReLU) or is_float_bits(plan.act_bits):
+                continue
+            sources = graph.input_sources(name) if graph is not None else []
+            plan.inputs = tuple(not (i < len(sources) and all(s in quantized for s in sources[i]))
+                                for i in range(len(plan.inputs)))
+    return plans
+
+
+def _act(plan: _Plan, qcfg: QuantConfig, name: str, on: bool) -> FakeQuantizer | None:
+    if not on:
+        return None
+    return act_quantizer(plan.act_bits, qcfg.act_observer, qcfg.act_percentile, qcfg.ema_momentum, name)
+
+
+def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig) -> None:
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else None
+    learnable = qcfg.weight_observer == "lsq"
+    for name, plan in plans.items():
+        module = model.get_submodule(name)
+        weight = None
+        if plan.weight and isinstance(module, nn.PReLU):  # slope: per tensor, affine, activation bits
+            weight = weight_quantizer(plan.act_bits, None, False, learnable, f"{name}.weight_quant")
+        elif plan.weight:
+            weight = weight_quantizer(plan.weight_bits, module.weight.shape[0], qcfg.weight_is_symmetric,
+                                      learnable, f"{name}.weight_quant")
+        input_names = QUANT_CLASSES[type(module)].input_names
+        inputs = tuple(_act(plan, qcfg, f"{name}.{n}", on) for n, on in zip(input_names, plan.inputs))
+        attach_quantizers(module, weight, inputs, _act(plan, qcfg, f"{name}.output_quant", plan.output))
+        if device is not None:
+            module.to(device)
+
+
+def quantize_model(model: nn.Module, qcfg: QuantConfig, calibration: Iterable[torch.Tensor] | None = None
+                   ) -> nn.Module:
+    """A quantization-aware copy of ``model`` (the float model is untouched); observers start enabled.
+
+    Parameter key paths are unchanged (except that ``bn_mode='fold'`` removes folded BNs and gives
+    their layers a ``bias``); quantizer state is added under ``<module>.<...>_quant.*``.  With
+    ``qcfg.equalize`` the copy's channels are first equalised (``quant.equalize``) on the input
+    batches ``calibration``.
+    """
+    if any(True for _ in quantizers(model)):
+        raise QuantizeError("model is already quantized; pass the float model")
+    model = copy.deepcopy(model)
+    if qcfg.equalize:
+        if calibration is None:
+            raise QuantizeError("equalize=True needs calibration batches: quantize_model(model, qcfg, batches)")
+        equalize(model, calibration)
+    return quantize_inplace(model, qcfg)
+
+
+def quantize_inplace(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
+    """``quantize_model`` without the copy, for models built only to be quantized (e.g. when loading)."""
+    graph = trace(model)
+    if qcfg.bn_mode == "fold":
+        fold_batchnorms(model, graph)
+        if graph is not None:
+            graph.modules = dict(model.named_modules())
+    elif qcfg.bn_mode == "frozen":
+        freeze_batchnorms(model)
+    _attach(model, _plan(model, graph, qcfg), qcfg)
+    return model

@@ -1,0 +1,76 @@
+"""Quantized students saved and rebuilt from real checkpoint files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbones import get_model
+from quant import (QuantConfig, calibrate, load_any_model, load_quantized, quantize_model, quantizers,
+                   save_quantized)
+from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+
+KWARGS = {"num_features": 64}
+
+
+def trained_student(qcfg: QuantConfig) -> torch.nn.Module:
+    """A small r18 student that went through calibration and one training step."""
+    torch.manual_seed(0)
+    student = quantize_model(get_model("r18", **KWARGS), qcfg)
+    calibrate(student, [torch.randn(2, 3, 112, 112)])
+    student.train()
+    optimizer = torch.optim.SGD(student.parameters(), lr=1e-3)
+    student(torch.randn(2, 3, 112, 112)).square().mean().backward()
+    optimizer.step()
+    return student.eval()
+
+
+@pytest.mark.parametrize("qcfg", [
+    QuantConfig(),
+    QuantConfig(mode="quantface", act_observer="lsq", bn_mode="fold", weight_bits=4, act_bits=4),
+    QuantConfig(act_observer="percentile", bn_mode="frozen", layer_bits={"conv1": [8, 8], "layer4.*": [6, 32]}),
+], ids=["deploy-w8a8", "quantface-lsq-fold-w4a4", "deploy-percentile-frozen-mixed"])
+def test_save_then_load_gives_identical_outputs(tmp_path: Path, qcfg: QuantConfig) -> None:
+    student = trained_student(qcfg)
+    path = save_quantized(tmp_path / "student.pt", student, "r18", KWARGS, qcfg, meta={"input_std": 127.5})
+    state, meta = read_checkpoint(path)
+    assert meta["network"] == "r18" and meta["network_kwargs"] == KWARGS and meta["input_std"] == 127.5
+    assert meta["quant"] == qcfg.to_dict()
+    loaded = load_quantized(path).eval()
+    assert all(not q.observer_enabled and q.calibrated for _, q in quantizers(loaded))
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student(x))
+    model, meta = load_any_model(path)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), student(x))
+    assert meta["quant"]["weight_bits"] == qcfg.weight_bits
+
+
+def test_load_any_model_returns_float_models_too(tmp_path: Path) -> None:
+    float_model = get_model("r18", **KWARGS).eval()
+    save_checkpoint(tmp_path / "float.pt", float_model.state_dict(), {"network": "r18", "network_kwargs": KWARGS})
+    torch.save(float_model.state_dict(), tmp_path / "backbone.pth")  # bare arcface_torch state_dict
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        expected = float_model(x)
+        model, meta = load_any_model(tmp_path / "float.pt")
+        assert "quant" not in meta and torch.equal(model.eval()(x), expected)
+        model, meta = load_any_model(tmp_path / "backbone.pth", network="r18")
+        assert meta == {} and torch.equal(model.eval()(x), expected)
+    with pytest.raises(CheckpointError, match="float checkpoint"):
+        load_quantized(tmp_path / "float.pt")
+
+
+def test_checkpoint_with_other_bit_widths_is_refused(tmp_path: Path) -> None:
+    qcfg = QuantConfig()
+    student = quantize_model(get_model("r18", **KWARGS), qcfg)
+    state = student.state_dict()
+    wrong = QuantConfig(weight_bits=4).to_dict()
+    save_checkpoint(tmp_path / "bad.pt", state, {"network": "r18", "network_kwargs": KWARGS, "quant": wrong})
+    with pytest.raises(RuntimeError, match="conv1.weight_quant.qmin: checkpoint grid -127 differs"):
+        load_quantized(tmp_path / "bad.pt")
+    save_checkpoint(tmp_path / "typo.pt", state, {"network": "r18", "quant": {**qcfg.to_dict(), "bn_mode": "fodl"}})
+    with pytest.raises(CheckpointError, match="typo.pt.*did you mean 'fold'"):
+        load_quantized(tmp_path / "typo.pt")
