@@ -155,8 +155,10 @@ class FakeQuantizer(nn.Module):
 
     While ``observer_enabled`` the estimator updates the range and ``scale``/``zero_point`` follow it;
     once disabled they stay fixed (or, when ``learnable``, are trained by LSQ+ from where the
-    observed range put them).  A stateless estimator recomputes the range at every call; in eval
-    mode the result is cached until the tensor changes (its version counter moves).
+    observed range put them).  A stateless estimator (weights) recomputes the range at every call;
+    in eval mode without gradients the quantized weight is cached until the weight changes (its
+    version counter moves, as with optimizer steps and ``load_state_dict``; edits through ``.data``
+    are not seen).
     """
 
     def __init__(self, bits: int, symmetric: bool, estimator: RangeEstimator, channels: int | None = None,
@@ -186,6 +188,7 @@ class FakeQuantizer(nn.Module):
         self.observer_enabled = True
         self.calibrated = estimator.stateless and not learnable
         self._cache_key: tuple[int, int] | None = None
+        self._cache: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"
@@ -212,15 +215,23 @@ class FakeQuantizer(nn.Module):
         self.set_range(*self.estimator(x.detach()))
         self.calibrated = True
 
-    def _refresh_current(self, x: torch.Tensor) -> None:
+    def train(self, mode: bool = True) -> "FakeQuantizer":
+        self._cache_key = self._cache = None
+        return super().train(mode)
+
+    def _cached_fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval without gradients: quantize a weight once and reuse it until it changes (version counter)."""
         key = (x.data_ptr(), x._version)
-        if self.training or key != self._cache_key:
+        if key != self._cache_key:
             self.observe(x)
-            self._cache_key = None if self.training else key
+            self._cache, self._cache_key = self._fake_quant(x), key
+        return self._cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.estimator.stateless and (self.observer_enabled or not self.learnable):
-            self._refresh_current(x)
+            if not self.training and not (torch.is_grad_enabled() and x.requires_grad):
+                return self._cached_fake_quant(x)
+            self.observe(x)
         elif self.observer_enabled:
             self.observe(x)
         elif not self.calibrated:
@@ -263,7 +274,7 @@ class FakeQuantizer(nn.Module):
         if prefix + "scale" in state_dict:  # this quantizer's state was loaded, not just its layer's weights
             stored_min = state_dict.get(prefix + "estimator.min_val")
             self.calibrated = bool(torch.isfinite(stored_min).all()) if stored_min is not None else True
-        self._cache_key = None
+        self._cache_key = self._cache = None
 
 
 def weight_quantizer(bits: int, channels: int | None, symmetric: bool, learnable: bool = False,

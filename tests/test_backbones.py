@@ -14,13 +14,7 @@ from utils.ops import Add, Mul
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU forwards run fastest single-threaded, and much faster so on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(model: nn.Module) -> int:

@@ -9,12 +9,7 @@ from backbones import get_model
 from tools.model_info import count_macs, main, model_stats, size_mb
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny() -> nn.Module:

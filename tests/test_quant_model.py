@@ -183,13 +183,13 @@ def test_frozen_bn_stays_frozen_in_train_mode_but_affine_params_train() -> None:
 
 
 def test_fold_is_exact_where_allowed() -> None:
-    float_model = tiny()
-    folded, frozen = fold_batchnorms(float_model_copy := tiny(), trace(float_model_copy))
+    float_model, folded_model = tiny(), tiny()
+    folded, frozen = fold_batchnorms(folded_model, trace(folded_model))
     assert sorted(folded) == ["bn1", "bn2", "down.1", "features"] and frozen == ["pre_bn"]
-    assert isinstance(float_model_copy.pre_bn, FrozenBatchNorm2d) and isinstance(float_model_copy.bn1, nn.Identity)
+    assert isinstance(folded_model.pre_bn, FrozenBatchNorm2d) and isinstance(folded_model.bn1, nn.Identity)
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(float_model_copy(x), float_model(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(folded_model(x), float_model(x), rtol=0, atol=1e-5)
     student = quantize_model(float_model, QuantConfig(bn_mode="fold"))
     assert "bn1.running_mean" not in student.state_dict() and "conv1.bias" in student.state_dict()
 

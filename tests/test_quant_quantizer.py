@@ -152,10 +152,15 @@ def test_frozen_activation_quantizer_without_range_names_itself() -> None:
         quantizer(torch.randn(3))
 
 
-def test_weight_range_cached_in_eval_until_the_weight_changes() -> None:
+def test_quantized_weight_cached_in_eval_until_the_weight_changes() -> None:
     w = torch.randn(4, 3)
     quantizer = weight_quantizer(8, 4, True).eval()
     first = quantizer(w)
+    assert quantizer(w) is first                    # unchanged weight: no recomputation
     w.mul_(4)                                       # in-place update moves the version counter
-    torch.testing.assert_close(quantizer(w), first * 4, rtol=0, atol=1e-5)
+    second = quantizer(w)
+    torch.testing.assert_close(second, first * 4, rtol=0, atol=1e-5)
     torch.testing.assert_close(quantizer.scale, w.abs().max(1).values / 127)
+    trainable = w.clone().requires_grad_()
+    assert quantizer(trainable).requires_grad       # gradients needed: never served from the cache
+    assert quantizer.train()(w) is not second

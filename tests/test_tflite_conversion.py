@@ -22,13 +22,7 @@ from utils.tflite_import import TFLiteImportError, TFLiteGraph, convert_tflite
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small single-image forwards: one thread avoids OpenMP thrashing on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

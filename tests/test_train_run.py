@@ -33,13 +33,7 @@ MBF = {"num_features": 64, "scale": 1}
 VARG = {"num_features": 64, "multiplier": 0.5, "dropout": 0.5}  # narrow VarGFaceNet with dropout: cheap, random
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: one intra-op thread per process is much faster than oversubscribing."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_faces(folder: Path, count: int, seed: int = 0) -> Path:

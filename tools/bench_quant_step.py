@@ -5,7 +5,8 @@
 One step = forward, MSE to a fixed target, backward, SGD update.  Quantized students are measured
 with observers frozen (fixed-range training, the bulk of a QuantFace run) and, separately, while
 observing.  Float and quantized steps are interleaved and the median is reported, so load from
-other processes affects both alike.  Goal: ratio <= 1.2.
+other processes affects both alike; on CPU the process CPU time is reported too (with ``--threads 1``
+it does not depend on other processes at all).  Goal: ratio <= 1.2.
 """
 from __future__ import annotations
 
@@ -33,15 +34,16 @@ def _step_fn(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> Ca
     return step
 
 
-def _timed(step: Callable[[], None]) -> float:
-    start = time.perf_counter()
+def _timed(step: Callable[[], None]) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one step."""
+    wall, cpu = time.perf_counter(), time.process_time()
     step()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def bench_network(name: str, batch_size: int, steps: int, warmup: int, modes: list[str],
-                  device: torch.device) -> dict[str, float]:
-    """Median step seconds for the float model and each quantized variant, plus ratios."""
+                  device: torch.device) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds per step for the float model and each quantized variant."""
     torch.manual_seed(0)
     model = get_model(name).to(device).train()
     images = torch.randn(batch_size, 3, 112, 112, device=device)
@@ -54,16 +56,16 @@ def bench_network(name: str, batch_size: int, steps: int, warmup: int, modes: li
         students[mode] = student
         variants[f"{mode} observing"] = _step_fn(student, images, target)
         variants[f"{mode} frozen"] = _step_fn(student, images, target)
-    times: dict[str, list[float]] = {key: [] for key in variants}
+    times: dict[str, list[tuple[float, float]]] = {key: [] for key in variants}
     for i in range(warmup + steps):
         for key, step in variants.items():
-            if key.endswith("frozen") or key.endswith("observing"):
+            if key != "float":
                 set_observers(students[key.split()[0]], key.endswith("observing"))
             seconds = _timed(step)
             if i >= warmup:
                 times[key].append(seconds)
-    medians = {key: statistics.median(values) for key, values in times.items()}
-    return {**medians, **{f"ratio {key}": medians[key] / medians["float"] for key in medians if key != "float"}}
+    return {key: {"wall": statistics.median(w for w, _ in values), "cpu": statistics.median(c for _, c in values)}
+            for key, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,20 +76,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--modes", nargs="+", default=["deploy", "quantface"], choices=["deploy", "quantface"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (0 = torch default); 1 makes CPU-time ratios robust on a shared machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch_size}, {args.steps} timed steps (median), W8A8")
+    cpu_note = "" if device.type == "cuda" else "; cpu = process CPU time, insensitive to other processes' load"
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
+          f"{args.steps} timed steps (median), W8A8{cpu_note}", flush=True)
     for name in args.networks:
         if name not in available_models():
-            print(f"{name}: not in the backbone registry (available: {', '.join(available_models())}); skipped")
+            print(f"{name}: not in the backbone registry (available: {', '.join(available_models())}); skipped",
+                  flush=True)
             continue
         result = bench_network(name, args.batch_size, args.steps, args.warmup, args.modes, device)
-        print(f"{name}: float step {result['float'] * 1e3:.1f} ms")
-        for mode in args.modes:
-            for phase in ("frozen", "observing"):
-                key = f"{mode} {phase}"
-                print(f"  {key:<20} {result[key] * 1e3:8.1f} ms   ratio {result['ratio ' + key]:.3f}")
+        base = result.pop("float")
+        print(f"{name}: float step wall {base['wall'] * 1e3:.0f} ms, cpu {base['cpu'] * 1e3:.0f} ms")
+        for key, value in result.items():
+            line = f"  {key:<20} wall {value['wall'] * 1e3:8.0f} ms  ratio {value['wall'] / base['wall']:.3f}"
+            if device.type != "cuda":
+                line += f"   cpu {value['cpu'] * 1e3:8.0f} ms  ratio {value['cpu'] / base['cpu']:.3f}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
