@@ -42,13 +42,14 @@ from quant.checkpoint import load_any_model, load_quantized, save_quantized
 from quant.config import QuantConfig, QuantConfigError
 from quant.equalize import equalize, find_chains
 from quant.model import QuantizeError, layer_bits, quantize_model, quantizers
-from quant.observers import calibrate, freeze_observers, set_observers, sync_observers, unfreeze_observers
+from quant.observers import (calibrate, freeze_observers, refresh_weight_qparams, set_observers, sync_observers,
+                             unfreeze_observers)
 from quant.quantizer import FakeQuantizer, act_quantizer, weight_quantizer
 from quant.report import size_report
 
 __all__ = [
     "QuantConfig", "QuantConfigError", "QuantizeError", "quantize_model", "quantizers", "layer_bits",
-    "set_observers", "freeze_observers", "unfreeze_observers", "calibrate", "sync_observers",
+    "set_observers", "freeze_observers", "unfreeze_observers", "calibrate", "sync_observers", "refresh_weight_qparams",
     "save_quantized", "load_quantized", "load_any_model", "size_report", "FakeQuantizer",
     "weight_quantizer", "act_quantizer", "FrozenBatchNorm1d", "FrozenBatchNorm2d",
     "fold_batchnorms", "freeze_batchnorms", "equalize", "find_chains",

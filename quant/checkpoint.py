@@ -10,19 +10,22 @@ from torch import nn
 
 from quant.config import QuantConfig, QuantConfigError
 from quant.model import quantize_inplace, quantizers
-from quant.observers import set_observers
+from quant.observers import refresh_weight_qparams, set_observers
 from utils.checkpoint import CheckpointError, load_float_model, load_state_strict, read_checkpoint, save_checkpoint
 
 
 def save_quantized(path: str | os.PathLike, model: nn.Module, network: str, network_kwargs: dict[str, Any],
                    qcfg: QuantConfig, meta: dict[str, Any] | None = None) -> Path:
-    """Write the student's state_dict with ``meta = {network, network_kwargs, quant, **meta}``."""
+    """Write the student's state_dict with ``meta = {network, network_kwargs, quant, **meta}``.
+
+    Weight scales are refreshed from the current weights first, so the saved buffers match them.
+    """
     model = getattr(model, "module", model)  # DistributedDataParallel wrapper
     if not any(True for _ in quantizers(model)):
         raise ValueError("save_quantized got a model without quantizers; save float models with "
                          "utils.checkpoint.save_checkpoint")
     info = {**(meta or {}), "network": network, "network_kwargs": dict(network_kwargs), "quant": qcfg.to_dict()}
-    return save_checkpoint(path, model.state_dict(), info)
+    return save_checkpoint(path, refresh_weight_qparams(model).state_dict(), info)
 
 
 def _build_quantized(state: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> nn.Module:

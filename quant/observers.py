@@ -9,12 +9,27 @@ from torch import nn
 from tqdm import tqdm
 
 from quant.model import quantizers
+from quant.quantizer import FakeQuantizer
 
 
 def set_observers(model: nn.Module, enabled: bool) -> nn.Module:
     """Turn range collection on or off in every quantizer (weights' per-step min/max are unaffected)."""
     for _, quantizer in quantizers(model):
         quantizer.observer_enabled = enabled
+    return model
+
+
+@torch.no_grad()
+def refresh_weight_qparams(model: nn.Module) -> nn.Module:
+    """Recompute weight quantizers' ``scale``/``zero_point`` buffers from the current weights.
+
+    They are refreshed at every forward anyway; call this before reading them (saving, export) after
+    the weights changed without a forward since.  Learned (LSQ) weight scales are left alone.
+    """
+    for module in model.modules():
+        quantizer = getattr(module, "weight_quant", None)
+        if isinstance(quantizer, FakeQuantizer) and not quantizer.has_state and not quantizer.learnable:
+            quantizer.observe(module.weight)
     return model
 
 
