@@ -24,12 +24,7 @@ from data import build_train_batches
 from data.recordio import write_recordio
 from tools.generate_faces import main as generate_faces
 from utils.config import load_config
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from utils.distributed import resolve_device
 
 
 def _sync(device: torch.device) -> None:
@@ -79,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--weights", default=defaults.generator_weights, help="DCGAN weights.tar")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    device = _device(args.device)
+    device = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         folder = Path(tmp) / "faces"

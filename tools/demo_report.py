@@ -27,13 +27,8 @@ from eval.embed import embed_batches
 from utils.assets import ensure_asset
 from utils.checkpoint import CheckpointError, load_float_model
 from utils.config import Config, ConfigError, load_config
+from utils.distributed import resolve_device
 from utils.realfaces import aligned_real_faces
-
-
-def _device(cfg: Config) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def _embed(model: torch.nn.Module, images: np.ndarray, cfg: Config, device: torch.device, desc: str) -> np.ndarray:
@@ -143,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         configs = [load_config(path) for path in args.configs]
-        device = _device(configs[0])
+        device = resolve_device(configs[0].device)
         ensure_asset("realfaces", configs[0].assets_dir)
         images, identities, _ = aligned_real_faces(configs[0].assets_dir)
         cache: dict[str, Any] = {}

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data.generated import GeneratedFaces
 from utils.config import load_config
+from utils.distributed import resolve_device
 
 
 def contact_sheet(images: np.ndarray, columns: int = 8) -> np.ndarray:
@@ -28,12 +28,6 @@ def contact_sheet(images: np.ndarray, columns: int = 8) -> np.ndarray:
     padded[:count] = images
     return padded.reshape(rows, columns, height, width, channels).transpose(0, 2, 1, 3, 4).reshape(
         rows * height, columns * width, channels)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -53,8 +47,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.count < 1:
         parser.error("--count must be >= 1")
 
-    faces = GeneratedFaces(args.weights, args.count, seed=args.seed, size=args.size, device=_device(args.device),
-                           batch_size=args.batch_size)
+    faces = GeneratedFaces(args.weights, args.count, seed=args.seed, size=args.size,
+                           device=resolve_device(args.device), batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
     sheet_path = args.sheet or args.out.with_name(args.out.name + "_contact_sheet.png")
     first: list[np.ndarray] = []
