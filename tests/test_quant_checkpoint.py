@@ -13,6 +13,8 @@ from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 KWARGS = {"num_features": 64}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def trained_student(qcfg: QuantConfig) -> torch.nn.Module:
     """A small r18 student, calibrated, whose weights and learned scales then moved as training would."""

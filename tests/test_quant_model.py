@@ -13,6 +13,8 @@ from quant.graph import trace
 from utils.config import load_config
 from utils.ops import Add, Mul
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class TinyNet(nn.Module):
     """Every pattern quant/ must handle: conv->BN, pre-activation BN, downsample, Add, Mul gate, Linear->BN1d."""
