@@ -10,7 +10,7 @@ from torch import nn
 
 from quant.config import QuantConfig, QuantConfigError
 from quant.model import quantize_inplace, quantizers
-from quant.observers import refresh_weight_qparams, set_observers
+from quant.observers import set_observers
 from utils.checkpoint import CheckpointError, load_float_model, load_state_strict, read_checkpoint, save_checkpoint
 
 
@@ -18,14 +18,15 @@ def save_quantized(path: str | os.PathLike, model: nn.Module, network: str, netw
                    qcfg: QuantConfig, meta: dict[str, Any] | None = None) -> Path:
     """Write the student's state_dict with ``meta = {network, network_kwargs, quant, **meta}``.
 
-    Weight scales are refreshed from the current weights first, so the saved buffers match them.
+    Weight ``scale``/``zero_point`` buffers are saved as the last forward left them (the state is
+    exactly the model's); they are recomputed from the weights at every forward after loading.
     """
     model = getattr(model, "module", model)  # DistributedDataParallel wrapper
     if not any(True for _ in quantizers(model)):
         raise ValueError("save_quantized got a model without quantizers; save float models with "
                          "utils.checkpoint.save_checkpoint")
     info = {**(meta or {}), "network": network, "network_kwargs": dict(network_kwargs), "quant": qcfg.to_dict()}
-    return save_checkpoint(path, refresh_weight_qparams(model).state_dict(), info)
+    return save_checkpoint(path, model.state_dict(), info)
 
 
 def _build_quantized(state: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> nn.Module:
