@@ -51,7 +51,7 @@ loss = "mse"                  # mse (L2-normalised embeddings, QuantFace) | cosi
 epochs = 11                   # training epochs (ignored when num_steps > 0)
 num_steps = 0                 # total training steps; > 0 overrides epochs
 scheduler = "step"            # step | cosine | poly
-lr_milestones = [0.909]       # step schedule: fractions of training after which lr is multiplied by lr_gamma (10/11 = last epoch)
+lr_milestones = [10 / 11]     # step schedule: fractions of training after which lr is multiplied by lr_gamma (10/11 = the last of 11 epochs)
 lr_gamma = 0.1                # step schedule decay factor
 warmup_steps = 0              # linear warm-up steps
 amp = True                    # mixed precision on CUDA (ignored on CPU)
