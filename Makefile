@@ -20,7 +20,8 @@ $(VENV)/.installed: requirements.txt
 assets: venv
 	$(PY) -m tools.fetch_assets
 
-# Distil each demo config (resume=true: a finished run is not redone, an interrupted one continues),
+# Distil each demo config (resume=true: a finished run is not redone, an interrupted one continues,
+# an output folder holding a run of other settings is an error naming them),
 # then compare teacher, calibration-only baseline and distilled student on real photos.
 demo: assets
 	for config in $(DEMO_CONFIGS); do $(PY) train_quantization.py $$config resume=true || exit 1; done

@@ -5,10 +5,13 @@
 
 The teacher is the float backbone loaded strictly from ``teacher``; the student is a quantized copy of
 it (or of ``student_network``) trained to reproduce the teacher's L2-normalised embeddings (no labels,
-so synthetic faces suffice).  Activation ranges are observed for ``observer_steps`` steps (and kept
-identical across ranks), then frozen.  Rank 0 logs to ``<output>/metrics.jsonl``, verifies on .bin
-targets, writes resumable checkpoints (``resume=true`` continues exactly) and, at the end,
-``student_final.pt`` (``quant.load_quantized``) and ``summary.json``.
+so synthetic faces suffice) and, with ``feature_layers``, the outputs of the named intermediate modules.
+Activation ranges are observed for ``observer_steps`` steps (and kept identical across ranks), then
+frozen; with ``bias_correction`` they are observed on as many batches before training and the student
+starts bias-corrected (``quant.post_training_quantize``).  Rank 0 logs to ``<output>/metrics.jsonl``,
+verifies on .bin targets, writes resumable checkpoints (``resume=true`` continues exactly, and refuses
+an output whose run had other settings) and, at the end, ``student_final.pt`` (``quant.load_quantized``)
+and ``summary.json``.
 
 Exit status: 0 done; 1 a configuration / checkpoint / data error, or the loss became NaN/inf (the
 message names the step; the last good checkpoint is kept).  Setting the environment variable
@@ -18,6 +21,8 @@ message names the step; the last good checkpoint is kept).  Setting the environm
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +43,7 @@ from data import build_train_batches
 from utils.checkpoint import CheckpointError, atomic_torch_save, load_float_model, load_state_strict, read_checkpoint
 from utils.config import Config, ConfigError, load_config
 from utils.distributed import DistEnv, all_gather_objects, all_reduce_mean, cleanup, init_distributed
+from utils.feature_kd import FeatureDistillation
 from utils.kd_loss import LOSSES, DistillationLoss
 from utils.logging import MetricsLogger, Throughput, progress_bar
 from utils.schedule import SCHEDULERS, build_scheduler, milestone_steps, scaled_lr, total_steps
@@ -96,17 +102,43 @@ def build_student(cfg: Config, teacher: nn.Module, teacher_kwargs: dict[str, Any
     return get_model(cfg.student_network, **kwargs), cfg.student_network, kwargs
 
 
-def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear/PReLU weights only: not on norm layers, biases or quantizer parameters."""
-    decay, no_decay = [], []
+def equalized(float_student: nn.Module, teacher: nn.Module, cfg: Config, device: torch.device
+              ) -> tuple[nn.Module, nn.Module]:
+    """Channel-equalised copy of the float student (``quant.equalize``) on the first training batches,
+    which are the same on every rank, so all ranks start identical.
+
+    When the student is the teacher's copy, the equalised copy also becomes the teacher: it computes
+    the same function (to float rounding), and its intermediate outputs then line up channel for
+    channel with the student's, as ``feature_layers`` needs.  Returns (float student, teacher).
+    """
+    equal = copy.deepcopy(float_student).to(device)
+    quant.equalize(equal, rng_isolated(build_train_batches(cfg, device).epoch(0)))
+    return equal, (equal if float_student is teacher else teacher)
+
+
+def param_groups(modules: Iterable[nn.Module], weight_decay: float, quantizer_lr: float | None = None
+                 ) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear/PReLU weights only: not on norm layers, biases or quantizer parameters.
+
+    Quantizer parameters (learned step sizes and zero points) form a third group with its own learning
+    rate ``quantizer_lr`` when given (else they share the no-decay group).
+    """
+    decay, no_decay, quantizer = [], [], []
     for module in modules:
         for owner in module.modules():
             for name, param in owner.named_parameters(recurse=False):
                 if not param.requires_grad:
                     continue
-                exempt = isinstance(owner, NORM_LAYERS) or name == "bias" or isinstance(owner, quant.FakeQuantizer)
-                (no_decay if exempt else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+                if isinstance(owner, quant.FakeQuantizer):
+                    (quantizer if quantizer_lr is not None else no_decay).append(param)
+                elif isinstance(owner, NORM_LAYERS) or name == "bias":
+                    no_decay.append(param)
+                else:
+                    decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if quantizer:
+        groups.append({"params": quantizer, "weight_decay": 0.0, "lr": quantizer_lr})
+    return groups
 
 
 def build_optimizer(cfg: Config, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
@@ -148,11 +180,36 @@ def find_resume_point(cfg: Config) -> Path | None:
     """The checkpoint to continue from (``resume=true``), or None for a fresh run into an unused output."""
     found = list_checkpoints(cfg.output)
     if cfg.resume:
+        if found:
+            check_same_run(cfg)
         return found[-1][1] if found else None
     if found:
         raise TrainingError(f"{cfg.output} already holds checkpoints of a run (last: {found[-1][1].name}); "
                             "pass resume=true to continue it, or choose another output")
     return None
+
+
+# fields that may change between a run and its resumption: bookkeeping, not what is trained
+RESUMABLE_CHANGES = {"resume", "output", "config_file", "log_every", "save_every", "keep_last", "tensorboard",
+                     "device", "num_workers", "eval_targets", "eval_data_dir", "eval_every", "eval_batch_size",
+                     "assets_dir", "demo_holdout_seed", "demo_holdout_count"}
+
+
+def check_same_run(cfg: Config) -> None:
+    """Resuming continues the run saved in ``output``, so its training settings must not have changed
+    (say, a config edited since, or a newer version of a shipped config); otherwise stop and say which."""
+    saved_path = Path(cfg.output) / "config.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    current = json.loads(json.dumps(cfg, default=str))  # the same normalisation as Config.save
+    changed = sorted(key for key in set(saved) | set(current)
+                     if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key))
+    if changed:
+        key = changed[0]
+        raise TrainingError(f"{cfg.output} holds a run with other settings ({', '.join(changed)}; e.g. {key} was "
+                            f"{saved.get(key)!r}, now {current.get(key)!r}); resume=true would mix them. Delete "
+                            "that folder or choose another output to start afresh")
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -197,16 +254,26 @@ def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
     except ValueError as exc:  # no or unreadable data; the message names the file or field
         raise TrainingError(f"training data: {exc}") from exc
     qcfg = quant.QuantConfig.from_config(cfg)
-    # equalisation sees the same first batches on every rank, so all ranks start identical
-    calibration = rng_isolated(build_train_batches(cfg, device).epoch(0)) if qcfg.equalize else None
-    student = quant.quantize_model(float_student, qcfg, calibration).to(device).train()
+    if qcfg.equalize:
+        float_student, teacher = equalized(float_student, teacher, cfg, device)
+    placed = dataclasses.replace(qcfg, equalize=False)
+    if qcfg.bias_correction:  # start from the calibrated, bias-corrected student; ranges are observed already
+        first = rng_isolated(build_train_batches(cfg, device).epoch(0))  # the same on every rank
+        student = quant.post_training_quantize(float_student.to(device), placed, first, cfg.observer_steps)
+    else:
+        student = quant.quantize_model(float_student, placed)
+    student = student.to(device).train()
     teacher = teacher.to(device).eval().requires_grad_(False)  # after the student copied it
     kd = DistillationLoss(cfg.loss, student_kwargs["num_features"], cfg.embedding_size).to(device)
+    try:
+        features = FeatureDistillation(teacher, student, cfg.feature_layers) if cfg.feature_layers else None
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
 
     # optimisation
     steps = total_steps(cfg.num_steps, cfg.epochs, data.batches_per_epoch)
     lr = scaled_lr(cfg.lr, cfg.batch_size, env.world_size)
-    optimizer = build_optimizer(cfg, param_groups([student, kd], cfg.weight_decay), lr)
+    optimizer = build_optimizer(cfg, param_groups([student, kd], cfg.weight_decay, lr * cfg.quantizer_lr_scale), lr)
     scheduler = build_scheduler(optimizer, cfg, steps)
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -214,7 +281,7 @@ def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
     # where to start
     step, epoch, batch = 0, 0, 0
     seed_everything(cfg.seed + env.rank)  # per-rank randomness inside the loop (e.g. dropout)
-    observing = cfg.observer_steps > 0
+    observing = not qcfg.bias_correction  # otherwise observed before training
     if resume_from is not None:
         ckpt = load_training_state(resume_from, map_location=device)
         for key, now in (("world_size", env.world_size), ("total_steps", steps)):
@@ -245,7 +312,7 @@ def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
 
     logger = MetricsLogger(output, env.is_main, cfg.tensorboard, resume_step=step if resume_from else None)
     bar = progress_bar(steps, step, env.is_main)
-    meter, window = Throughput(), []
+    meter, window, feature_window = Throughput(), [], []
     images_per_step = cfg.batch_size * env.world_size
     session_start, session_steps = time.perf_counter(), 0
     eval_results, last_loss = {}, float("nan")
@@ -270,6 +337,10 @@ def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
                     target = teacher(images)
                 embedding = model(images)
             loss = loss_fn(embedding, target)
+            if features is not None:
+                feature_loss = features.loss()
+                feature_window.append(all_reduce_mean(feature_loss.detach()).item())
+                loss = loss + cfg.feature_weight * feature_loss
             loss_value = all_reduce_mean(loss.detach()).item()
             if not math.isfinite(loss_value):
                 raise TrainingError(f"loss is {loss_value} at step {step + 1} (epoch {epoch}, batch {index}); "
@@ -299,9 +370,12 @@ def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
             if step % cfg.log_every == 0 or step == steps:
                 last_loss, rate = sum(window) / len(window), meter.rate()
                 bar.set_postfix(loss=f"{last_loss:.3e}", img_s=f"{rate:.1f}")
-                logger.log({"step": step, "epoch": epoch, "loss": last_loss,
-                            "lr": optimizer.param_groups[0]["lr"], "images_per_s": round(rate, 2)})
-                window = []
+                record = {"step": step, "epoch": epoch, "loss": last_loss,
+                          "lr": optimizer.param_groups[0]["lr"], "images_per_s": round(rate, 2)}
+                if feature_window:  # the feature term alone (unweighted), to see what the total is made of
+                    record["feature_loss"] = sum(feature_window) / len(feature_window)
+                logger.log(record)
+                window, feature_window = [], []
             if bins and env.is_main and step % cfg.eval_every == 0 and step < steps:
                 eval_results = verify_student(student, bins, cfg, device, observing)
                 logger.log({"step": step, "epoch": epoch, "eval": eval_results})

@@ -21,10 +21,12 @@ quant_mode = "deploy"         # "deploy": every Conv/Linear input quantized (map
 weight_symmetric = True       # per-channel symmetric weights; False = asymmetric min/max (quantface mode forces asymmetric)
 weight_observer = "minmax"    # weight range: minmax (current per-channel min/max every step) | lsq (learned step size, min/max init)
 act_observer = "minmax"       # activation range estimator: minmax | ema | percentile | lsq (learned step size)
-act_percentile = 99.99        # percentile for act_observer="percentile"
+lsq_init = "minmax"           # act_observer="lsq": estimator of the initial ranges that are then learned (minmax | ema | percentile)
+act_percentile = 99.99        # percentile for act_observer="percentile" (or lsq_init="percentile")
 ema_momentum = 0.01           # update rate for act_observer="ema"
-observer_steps = 300          # training steps during which activation ranges are collected, then frozen
+observer_steps = 300          # training steps during which activation ranges are collected, then frozen (bias_correction: batches observed before training)
 layer_bits = {}               # mixed precision: {"module-name glob": [weight_bits, act_bits]}, e.g. {"conv1": [8, 8], "fc": [8, 8]}
+bias_correction = False       # before training, observe ranges on the first observer_steps batches, then give each quantized layer's bias back the mean output shift quantization caused
 equalize = False              # rescale channels between adjacent layers (exact through PReLU/ReLU) so per-tensor activation ranges fit every channel; uses the first training batches
 bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
 
@@ -46,8 +48,11 @@ optimizer = "sgd"             # sgd | adamw
 momentum = 0.9                # SGD momentum
 nesterov = True               # SGD Nesterov momentum
 weight_decay = 5e-4           # weight decay
+quantizer_lr_scale = 1.0      # learning rate of learned quantizer step sizes / zero points, as a multiple of lr
 grad_clip = 5.0               # gradient-norm clip; 0 = off
 loss = "mse"                  # mse (L2-normalised embeddings, QuantFace) | cosine | angular
+feature_layers = []           # also distil these modules' outputs (fnmatch globs on module names, e.g. ["layer?"]); [] = embedding only
+feature_weight = 1.0          # weight of the feature loss (mean relative squared error over feature_layers)
 epochs = 11                   # training epochs (ignored when num_steps > 0)
 num_steps = 0                 # total training steps; > 0 overrides epochs
 scheduler = "step"            # step | cosine | poly

@@ -27,16 +27,22 @@ Placement (``QuantConfig.mode``)
 
 Ranges: weights from their current min/max at every step (vectorised ``aminmax``; cached in eval
 until the weight changes) or learned (``weight_observer="lsq"``); activations from running min/max,
-EMA, percentile, or LSQ+ (initialised from running min/max, then learned once observers freeze).
+EMA, percentile, or LSQ+ (initialised by the ``lsq_init`` estimator, then learned once observers freeze).
 Observers start enabled; ``freeze_observers``/``calibrate`` stop them (after ``sync_observers``).
 
 Channel equalisation (``equalize=True``, ``quant.equalize``): before quantizers are placed, channels
 between adjacent layers are rescaled (exactly, through PReLU/ReLU/padding) so that one per-tensor
 activation range fits every channel; it needs calibration batches: ``quantize_model(m, qcfg, batches)``.
 
+Bias correction (``bias_correction=True``, ``quant.correct_biases``): each quantized layer's bias gets
+back the mean output shift that quantization caused, measured against the float model on calibration
+images.  ``post_training_quantize(model, qcfg, batches)`` does all of it: equalise, quantize, observe
+ranges and freeze them, correct biases; it is the start of distillation and the calibration-only baseline.
+
 BatchNorm (``bn_mode``): ``train``; ``frozen`` (eval even under ``model.train()``); ``fold`` (folded
 into the preceding Conv2d/Linear where exact, the rest frozen; see ``quant.bn``).
 """
+from quant.bias_correction import correct_biases
 from quant.bn import FrozenBatchNorm1d, FrozenBatchNorm2d, fold_batchnorms, freeze_batchnorms
 from quant.checkpoint import load_any_model, load_quantized, save_quantized
 from quant.config import QuantConfig, QuantConfigError
@@ -44,6 +50,7 @@ from quant.equalize import equalize, find_chains
 from quant.model import QuantizeError, layer_bits, quantize_model, quantizers
 from quant.observers import (calibrate, freeze_observers, refresh_weight_qparams, set_observers, sync_observers,
                              unfreeze_observers)
+from quant.ptq import post_training_quantize
 from quant.quantizer import FakeQuantizer, act_quantizer, weight_quantizer
 from quant.report import size_report
 
@@ -52,5 +59,5 @@ __all__ = [
     "set_observers", "freeze_observers", "unfreeze_observers", "calibrate", "sync_observers", "refresh_weight_qparams",
     "save_quantized", "load_quantized", "load_any_model", "size_report", "FakeQuantizer",
     "weight_quantizer", "act_quantizer", "FrozenBatchNorm1d", "FrozenBatchNorm2d",
-    "fold_batchnorms", "freeze_batchnorms", "equalize", "find_chains",
+    "fold_batchnorms", "freeze_batchnorms", "equalize", "find_chains", "correct_biases", "post_training_quantize",
 ]

@@ -11,6 +11,7 @@ MIN_BITS, MAX_BITS = 2, 8
 MODES = ("deploy", "quantface")
 ACT_OBSERVERS = ("minmax", "ema", "percentile", "lsq")
 WEIGHT_OBSERVERS = ("minmax", "lsq")
+LSQ_INITS = ("minmax", "ema", "percentile")
 BN_MODES = ("train", "frozen", "fold")
 
 
@@ -51,11 +52,13 @@ class QuantConfig:
     weight_symmetric: bool = True
     weight_observer: str = "minmax"
     act_observer: str = "minmax"
+    lsq_init: str = "minmax"
     act_percentile: float = 99.99
     ema_momentum: float = 0.01
     layer_bits: dict[str, list[int]] = field(default_factory=dict)
     bn_mode: str = "train"
     equalize: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         self.layer_bits = {str(k): [int(b) for b in v] if isinstance(v, (list, tuple)) else v
@@ -69,11 +72,11 @@ class QuantConfig:
         _check_choice("quant_mode", self.mode, MODES)
         _check_choice("weight_observer", self.weight_observer, WEIGHT_OBSERVERS)
         _check_choice("act_observer", self.act_observer, ACT_OBSERVERS)
+        _check_choice("lsq_init", self.lsq_init, LSQ_INITS)
         _check_choice("bn_mode", self.bn_mode, BN_MODES)
-        if not isinstance(self.equalize, bool):
-            raise QuantConfigError(f"equalize must be True or False, got {self.equalize!r}")
-        if not isinstance(self.weight_symmetric, bool):
-            raise QuantConfigError(f"weight_symmetric must be True or False, got {self.weight_symmetric!r}")
+        for flag in ("equalize", "bias_correction", "weight_symmetric"):
+            if not isinstance(getattr(self, flag), bool):
+                raise QuantConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not 50.0 < float(self.act_percentile) <= 100.0:
             raise QuantConfigError(f"act_percentile={self.act_percentile} must be in (50, 100], e.g. 99.99")
         if not 0.0 < float(self.ema_momentum) <= 1.0:
@@ -95,9 +98,9 @@ class QuantConfig:
         """Build from a project config (``utils.config.Config``); fields absent there keep their defaults."""
         names = {"weight_bits": "weight_bits", "act_bits": "act_bits", "mode": "quant_mode",
                  "weight_symmetric": "weight_symmetric", "weight_observer": "weight_observer",
-                 "act_observer": "act_observer", "act_percentile": "act_percentile",
+                 "act_observer": "act_observer", "lsq_init": "lsq_init", "act_percentile": "act_percentile",
                  "ema_momentum": "ema_momentum", "layer_bits": "layer_bits", "bn_mode": "bn_mode",
-                 "equalize": "equalize"}
+                 "equalize": "equalize", "bias_correction": "bias_correction"}
         return cls(**{attr: cfg[key] for attr, key in names.items() if key in cfg})
 
     def to_dict(self) -> dict[str, Any]:

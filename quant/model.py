@@ -83,7 +83,8 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
 def _act(plan: _Plan, qcfg: QuantConfig, name: str, on: bool) -> FakeQuantizer | None:
     if not on:
         return None
-    return act_quantizer(plan.act_bits, qcfg.act_observer, qcfg.act_percentile, qcfg.ema_momentum, name)
+    return act_quantizer(plan.act_bits, qcfg.act_observer, qcfg.act_percentile, qcfg.ema_momentum, name,
+                         qcfg.lsq_init)
 
 
 def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig) -> None:

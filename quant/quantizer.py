@@ -284,9 +284,11 @@ def weight_quantizer(bits: int, channels: int | None, symmetric: bool, learnable
 
 
 def act_quantizer(bits: int, observer: str, percentile: float = 99.99, momentum: float = 0.01,
-                  name: str = "") -> FakeQuantizer:
-    """Activations: per-tensor affine with a stateful range estimator (``lsq`` = min/max init, then learned)."""
-    estimators = {"minmax": RunningMinMax, "lsq": RunningMinMax,
+                  name: str = "", lsq_init: str = "minmax") -> FakeQuantizer:
+    """Activations: per-tensor affine with a stateful range estimator; ``lsq`` learns the range after
+    the estimator named by ``lsq_init`` (minmax, ema or percentile) has initialised it."""
+    estimators = {"minmax": RunningMinMax,
                   "ema": lambda: EMAMinMax(momentum=momentum),
                   "percentile": lambda: PercentileRange(percentile=percentile)}
-    return FakeQuantizer(bits, False, estimators[observer](), None, observer == "lsq", name)
+    learnable = observer == "lsq"
+    return FakeQuantizer(bits, False, estimators[lsq_init if learnable else observer](), None, learnable, name)

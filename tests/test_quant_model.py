@@ -165,6 +165,8 @@ def test_config_from_project_config_and_validation() -> None:
         QuantConfig(weight_bits=9)
     with pytest.raises(QuantConfigError, match="did you mean 'minmax'"):
         QuantConfig(act_observer="minmx")
+    with pytest.raises(QuantConfigError, match="lsq_init='percentil' is not valid; did you mean 'percentile'"):
+        QuantConfig(lsq_init="percentil")
     with pytest.raises(QuantConfigError, match=r"layer_bits\['fc'\].*\[weight_bits, act_bits\]"):
         QuantConfig(layer_bits={"fc": [8]})
     with pytest.raises(QuantConfigError, match="did you mean 'act_bits'"):

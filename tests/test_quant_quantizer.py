@@ -145,6 +145,20 @@ def test_range_estimators_follow_their_definitions() -> None:
     assert float(percentile.estimator.min_val) == pytest.approx((1.0 + 2.0) / 2, rel=1e-4)
 
 
+def test_lsq_ranges_start_from_the_chosen_estimator_and_are_then_learned() -> None:
+    x = torch.linspace(0, 20, 1001)
+    minmax_init = act_quantizer(4, "lsq")
+    percentile_init = act_quantizer(4, "lsq", percentile=90.0, lsq_init="percentile")
+    for quantizer in (minmax_init, percentile_init):
+        assert quantizer.learnable and isinstance(quantizer.scale, torch.nn.Parameter)
+        quantizer(x)
+    assert minmax_init.scale.item() == pytest.approx(20.0 / 15)
+    assert percentile_init.scale.item() == pytest.approx(18.0 / 15, rel=1e-4)  # top 10% clipped (0 kept in range)
+    percentile_init.observer_enabled = False
+    percentile_init(x).sum().backward()
+    assert percentile_init.scale.grad is not None and float(percentile_init.scale.grad) != 0.0
+
+
 def test_frozen_activation_quantizer_without_range_names_itself() -> None:
     quantizer = act_quantizer(8, "minmax", name="layer1.0.add.output_quant")
     quantizer.observer_enabled = False

@@ -180,3 +180,9 @@ def test_weight_decay_skips_norms_biases_and_quantizer_scales():
             "layers.0.layers.0.weight_quant.scale", "layers.0.layers.0.input_quant.scale",     # LSQ(+)
             "layers.0.layers.0.input_quant.zero_point"} <= exempt
     assert not any("_quant." in n or n.endswith("bias") for n in decayed)
+    # with their own learning rate, quantizer parameters move to a third group, and only they do
+    decay2, no_decay2, quantizer = param_groups([model], 5e-4, quantizer_lr=0.1)
+    assert quantizer["lr"] == 0.1 and quantizer["weight_decay"] == 0.0
+    assert {names[id(p)] for p in quantizer["params"]} == {n for n in exempt if "_quant." in n}
+    assert {names[id(p)] for p in no_decay2["params"]} == {n for n in exempt if "_quant." not in n}
+    assert [id(p) for p in decay2["params"]] == [id(p) for p in decay["params"]]

@@ -145,6 +145,22 @@ def test_mbf_student_of_an_r18_teacher_learns_through_a_projection_and_is_verifi
     assert ckpt["projection"]["projection.weight"].shape == (64, 32)
 
 
+def test_feature_distillation_of_an_equalised_bias_corrected_w4a4_student_lowers_the_feature_loss(assets, tmp_path):
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "cfg.py", network="mbf", network_kwargs=MBF, embedding_size=64,
+                          teacher=str(assets["mbf"]), data_path=str(assets["faces2"]), batch_size=2, num_steps=6,
+                          lr=0.01, weight_bits=4, act_bits=4, equalize=True, bias_correction=True,
+                          feature_layers=["layers.?", "conv_sep"],
+                          feature_weight=0.5, output=str(out))
+    student, _ = run_inprocess(config)
+    records = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert len(records) == 6 and all("feature_loss" in r for r in records)
+    assert all(r["loss"] > 0.5 * r["feature_loss"] for r in records)  # the total holds the weighted feature term
+    assert records[-1]["feature_loss"] < 0.8 * records[0]["feature_loss"], records
+    assert_same_outputs(student, out / tq.FINAL_STUDENT)
+    assert read_checkpoint(out / tq.FINAL_STUDENT)[1]["quant"]["bias_correction"] is True
+
+
 # ---- clear failures ---------------------------------------------------------------------------
 
 def test_missing_or_mismatching_teacher_is_a_clear_error(assets, tmp_path, capsys):
@@ -167,7 +183,23 @@ def test_missing_or_mismatching_teacher_is_a_clear_error(assets, tmp_path, capsy
                            eval_data_dir=str(tmp_path), eval_targets=["lfw"], **common)
     assert tq.main([str(no_bins)]) == 1
     assert f"verification set(s) not found: {tmp_path / 'lfw.bin'}" in capsys.readouterr().err
+    bad_layers = write_config(tmp_path / "f.py", teacher=str(assets["mbf"]), output=str(tmp_path / "f"),
+                              feature_layers=["stage?"], **common)
+    assert tq.main([str(bad_layers)]) == 1
+    assert "feature_layers pattern 'stage?' matches no module" in capsys.readouterr().err
     assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_resuming_with_other_training_settings_is_an_error_naming_them(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "cfg.py", network="mbf", network_kwargs={"scale": 1}, embedding_size=64,
+                          teacher=str(assets["mbf"]), data_path=str(assets["faces2"]), batch_size=2, num_steps=2,
+                          lr=0.01, output=str(out))
+    assert tq.main([str(config)]) == 0
+    assert tq.main([str(config), "resume=true", "lr=0.5", "weight_bits=4"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out} holds a run with other settings (lr, weight_bits; e.g. lr was 0.01, now 0.5)" in err
+    assert tq.main([str(config), "resume=true", "log_every=5"]) == 0  # bookkeeping may change
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(assets, tmp_path, capsys):

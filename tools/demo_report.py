@@ -45,9 +45,9 @@ def _holdout_faces(cfg: Config, device: torch.device) -> np.ndarray:
 
 def _ptq_baseline(teacher: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
     """The student's quantizer on the teacher, calibrated on the faces the run observed first; no training."""
-    data = build_train_batches(cfg, device)
-    baseline = quant.quantize_model(teacher, quant.QuantConfig.from_config(cfg), data.epoch(0)).to(device)
-    return quant.calibrate(baseline, data.epoch(0), max_batches=max(1, min(cfg.observer_steps, 20)))
+    batches = build_train_batches(cfg, device).epoch(0)
+    return quant.post_training_quantize(teacher, quant.QuantConfig.from_config(cfg), batches,
+                                        max_batches=cfg.observer_steps).to(device)
 
 
 def _bits_label(cfg: Config) -> str:
