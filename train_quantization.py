@@ -202,7 +202,7 @@ def check_same_run(cfg: Config) -> None:
     if not saved_path.is_file():
         return
     saved = json.loads(saved_path.read_text())
-    current = json.loads(json.dumps(cfg, default=str))  # the same normalisation as Config.save
+    current = json.loads(cfg.to_json())
     changed = sorted(key for key in set(saved) | set(current)
                      if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key))
     if changed:

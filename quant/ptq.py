@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from itertools import chain, islice
 from typing import Iterable
 
@@ -31,10 +32,10 @@ def post_training_quantize(model: nn.Module, qcfg: QuantConfig, batches: Iterabl
     if qcfg.equalize:
         model = copy.deepcopy(model)
         equalize(model, head, max_batches=EQUALIZE_BATCHES)
-    student = quantize_model(model, QuantConfig.from_dict({**qcfg.to_dict(), "equalize": False}))
+    student = quantize_model(model, dataclasses.replace(qcfg, equalize=False))
     calibrate(student, chain(head, stream), max_batches=max_batches)
     if qcfg.bias_correction:  # against the float model in the student's form (BatchNorms folded/frozen alike)
-        float_twin = quantize_model(model, QuantConfig.from_dict(
-            {**qcfg.to_dict(), "equalize": False, "weight_bits": 32, "act_bits": 32, "layer_bits": {}}))
+        float_twin = quantize_model(model, dataclasses.replace(qcfg, equalize=False, weight_bits=32, act_bits=32,
+                                                               layer_bits={}))
         correct_biases(student, float_twin, torch.cat(head[:BIAS_CORRECTION_BATCHES]))
     return student

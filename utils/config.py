@@ -47,11 +47,15 @@ class Config(dict):
             lines.append(f"{key} = {pprint.pformat(self[key], width=100, sort_dicts=True)}")
         return "\n".join(lines) + "\n"
 
+    def to_json(self) -> str:
+        """Every field as JSON (non-JSON values as their ``str``), as ``save`` writes ``config.json``."""
+        return json.dumps(self, indent=2, sort_keys=True, default=str)
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.py`` and ``config.json`` into ``directory``; returns the .py path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self, indent=2, sort_keys=True, default=str))
+        (directory / "config.json").write_text(self.to_json())
         path = directory / "config.py"
         path.write_text(self.to_python())
         return path
