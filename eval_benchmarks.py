@@ -4,8 +4,8 @@
         --targets lfw,cfp_fp,agedb_30,calfw,cplfw --ijb IJBC --ijb-dir /data/IJB_release --out work_dirs/eval
 
 Float checkpoints, quantized students and bare arcface_torch state_dicts (give ``--network r100``) are
-accepted alike (``quant.load_any_model``).  Pixels are normalised with the checkpoint's ``input_mean`` /
-``input_std`` (default 127.5 / 127.5).  Outputs in ``--out``: ``results.json`` (every number, rewritten
+accepted alike (``quant.load_any_model``).  Faces are aligned and normalised as the network's declared
+input spec says (``backbones.registry``).  Outputs in ``--out``: ``results.json`` (every number, rewritten
 after each checkpoint), ``results.md`` (one row per checkpoint, as in the QuantFace paper's tables),
 ``roc_<ijbx>.png`` and ``<checkpoint>_<ijbx>_scores.npy`` (pair scores, in pair-file order).
 """
@@ -23,13 +23,13 @@ import torch
 from eval.embed import DEFAULT_WORKERS
 from eval.ijb import TARGETS as IJB_TARGETS
 from eval.ijb import IjbFormatError, IjbSet, evaluate_ijb, far_key, load_ijb
-from eval.report import (IJB_COLUMNS, TABLE_FAR, bits_label, checkpoint_labels, markdown_table, plot_roc,
-                         thin_curve, write_json)
+from eval.report import IJB_COLUMNS, TABLE_FAR, benchmark_table, bits_label, checkpoint_labels, plot_roc, thin_curve
 from eval.safe_pickle import UnsafePickleError
-from eval.verification import BinFormatError, verify
+from eval.verification import BinFormatError, find_bins, verify
 from quant import load_any_model, size_report
 from utils.checkpoint import CheckpointError
 from utils.distributed import resolve_device
+from utils.fileio import atomic_write_json, atomic_write_text
 
 DEFAULT_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
 
@@ -66,30 +66,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def find_bins(data_dir: str, targets: list[str]) -> dict[str, Path]:
-    """``{target: path}``; every missing file is reported at once, before any model runs."""
-    bins = {t: Path(data_dir) / f"{t}.bin" for t in targets}
-    missing = [str(p) for p in bins.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"verification set(s) not found: {', '.join(missing)}; "
-                                "choose the available ones with --targets")
-    return bins
-
-
 def evaluate_checkpoint(path: str, label: str, args: argparse.Namespace, device: torch.device,
                         bins: dict[str, Path], ijb_sets: dict[str, IjbSet], out: Path,
                         curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
     """Every requested benchmark for one checkpoint; IJB ROC curves are added to ``curves``."""
     model, meta = load_any_model(path, args.network)
     model.to(device)
-    mean, std = float(meta.get("input_mean", 127.5)), float(meta.get("input_std", 127.5))
     entry: dict[str, Any] = {"label": label, "path": str(path), "network": meta.get("network", args.network),
                              "bits": bits_label(meta), "size_mb": float(size_report(model)["total_mb"]),
-                             "quant": meta.get("quant"), "input_mean": mean, "input_std": std,
+                             "quant": meta.get("quant"), "input_spec": model.input_spec.to_dict(),
                              "verification": {}, "ijb": {}}
     print(f"== {label}: {entry['network']} {entry['bits']} {entry['size_mb']:.2f} MB ({path})", flush=True)
     for target, bin_path in bins.items():
-        r = verify(model, bin_path, device, args.batch_size, mean, std, workers=args.workers)
+        r = verify(model, bin_path, device, args.batch_size, workers=args.workers)
         entry["verification"][target] = r
         val = (f"VAL@FAR=1e-3 {r['val'] * 100:.2f} +- {r['val_std'] * 100:.2f} % (FAR {r['far']:.5f})"
                if r["val"] is not None else "VAL undefined (a fold lacks same or different pairs)")
@@ -97,7 +86,7 @@ def evaluate_checkpoint(path: str, label: str, args: argparse.Namespace, device:
               f"threshold {r['best_threshold']:.3f}, {val}, {r['images'] / r['embed_seconds']:.0f} images/s",
               flush=True)
     for target, ijb in ijb_sets.items():
-        result = evaluate_ijb(model, ijb, device, args.batch_size, mean, std, workers=args.workers)
+        result = evaluate_ijb(model, ijb, device, args.batch_size, workers=args.workers)
         entry["ijb"][target] = result.metrics
         np.save(out / f"{label.replace('/', '_')}_{target.lower()}_scores.npy", result.scores)
         curves[target][label] = thin_curve(result.fpr, result.tpr)
@@ -124,11 +113,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     began = time.time()
     for path, label in zip(args.checkpoint, checkpoint_labels(args.checkpoint)):
         document["checkpoints"].append(evaluate_checkpoint(path, label, args, device, bins, ijb_sets, out, curves))
-        write_json(out / "results.json", document)
+        atomic_write_json(out / "results.json", document)
     for target, target_curves in curves.items():
         plot_roc(target_curves, f"ROC on {IJB_COLUMNS[target]}", out / f"roc_{target.lower()}.png")
-    table = markdown_table(document["checkpoints"])
-    (out / "results.md").write_text(table)
+    table = benchmark_table(document["checkpoints"])
+    atomic_write_text(out / "results.md", table)
     print(f"\n{table}\nwrote {out / 'results.json'} and {out / 'results.md'} in {time.time() - began:.0f} s")
     return document
 

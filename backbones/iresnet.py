@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utils.ops import Add
+from backbones.layers import Add
 
 DEPTHS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3),
           "r100": (3, 13, 30, 3), "r200": (6, 26, 60, 6)}

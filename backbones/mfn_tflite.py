@@ -1,6 +1,6 @@
 """The pretrained 192-D MobileFaceNet shipped as a TFLite graph, rebuilt layer for layer in PyTorch.
 
-Layout as in the graph (``utils/tflite_import.py`` reads the weights and checks every layer against it):
+Layout as in the graph (``backbones/tflite.py`` reads the weights and checks every layer against it):
 conv 3x3/2 + PReLU, depthwise 3x3 + PReLU, linear 1x1, five bottleneck stages (expand 1x1 + PReLU,
 depthwise 3x3 + PReLU, linear project 1x1; residual sum when stride 1), conv 1x1 to 512 + PReLU,
 global depthwise 7x7 (linear), linear 1x1 512 -> 512, linear 1x1 512 -> 192.  The graph has its
@@ -16,7 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utils.ops import Add
+from backbones.layers import Add
+from backbones.spec import InputSpec
+
+INPUT_SPEC = InputSpec(size=112, mean=(127.5, 127.5, 127.5), std=(128.0, 128.0, 128.0))
 
 # (expansion, output channels, blocks, stride of the first block) as in the graph
 STAGES = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
@@ -88,5 +91,5 @@ class MobileFaceNetTFLite(nn.Module):
 
 
 def mfn_tflite(num_features: int = 192) -> MobileFaceNetTFLite:
-    """The architecture of the pretrained TFLite MobileFaceNet (weights: ``utils.tflite_import``)."""
+    """The architecture of the pretrained TFLite MobileFaceNet (weights: ``backbones.tflite``)."""
     return MobileFaceNetTFLite(num_features=num_features)

@@ -8,14 +8,14 @@ Module names and shapes match arcface_torch exactly (``layers.N.layers...``, ``c
   width (1.20 M parameters at 512-D, 1.00 M at 128-D as used by QuantFace; 0.22 GMACs).
 * ``mbf_large``: ``blocks=(2, 8, 12, 4)``, ``scale=4``: 6.31 M parameters, 1.82 GMACs at 512-D.
 
-Residual sums go through ``utils.ops.Add`` so quant/ can place a quantizer on them.
+Residual sums go through ``backbones.layers.Add`` so quant/ can place a quantizer on them.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from utils.ops import Add
+from backbones.layers import Add
 
 
 class ConvBlock(nn.Module):

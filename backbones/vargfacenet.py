@@ -16,15 +16,15 @@ squeeze-and-excitation (ratio 4) in the normal blocks, MXNet BatchNorm eps 2e-5.
 
 Measured here (``python -m tools.model_info vargfacenet``) at 512-D: 5.20 M parameters and
 0.513 GMACs (Conv2d + Linear multiply-accumulates at 112x112), matching the 1022 MFLOPs
-(= 2 x 511 M MACs) listed in the authors' README.  Sums use ``utils.ops.Add`` and SE gating
-``utils.ops.Mul``.
+(= 2 x 511 M MACs) listed in the authors' README.  Sums use ``backbones.layers.Add`` and SE gating
+``backbones.layers.Mul``.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from utils.ops import Add, Mul
+from backbones.layers import Add, Mul
 
 GROUP_CHANNELS = 8
 BN_EPS = 2e-5

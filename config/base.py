@@ -18,15 +18,16 @@ student_init = ""             # checkpoint for a different student architecture;
 weight_bits = 8               # weight bit width, 2-8 (16 or 32 = keep float)
 act_bits = 8                  # activation bit width, 2-8 (16 or 32 = keep float)
 quant_mode = "deploy"         # "deploy": every Conv/Linear input quantized (maps onto int8 QDQ kernels); "quantface": the paper's placement
-weight_symmetric = True       # per-channel symmetric weights; False = asymmetric min/max (quantface mode forces asymmetric)
+weight_symmetric = None       # per-channel weights: True symmetric, False asymmetric min/max; None = the mode's own (deploy True, quantface False)
 weight_observer = "minmax"    # weight range: minmax (current per-channel min/max every step) | lsq (learned step size, min/max init)
 act_observer = "minmax"       # activation range estimator: minmax | ema | percentile | lsq (learned step size)
 lsq_init = "minmax"           # act_observer="lsq": estimator of the initial ranges that are then learned (minmax | ema | percentile)
 act_percentile = 99.99        # percentile for act_observer="percentile" (or lsq_init="percentile")
 ema_momentum = 0.01           # update rate for act_observer="ema"
-observer_steps = 300          # training steps during which activation ranges are collected, then frozen (bias_correction: batches observed before training)
+calibration_batches = 0       # batches whose activation ranges are observed (and frozen) before training; 0 = none
+observer_steps = 300          # training steps that (go on) observing activation ranges, then they are frozen; 0 = none
 layer_bits = {}               # mixed precision: {"module-name glob": [weight_bits, act_bits]}, e.g. {"conv1": [8, 8], "fc": [8, 8]}
-bias_correction = False       # before training, observe ranges on the first observer_steps batches, then give each quantized layer's bias back the mean output shift quantization caused
+bias_correction = False       # after calibration (needs calibration_batches >= 1), give each quantized layer's bias back the mean output shift quantization caused
 equalize = False              # rescale channels between adjacent layers (exact through PReLU/ReLU) so per-tensor activation ranges fit every channel; uses the first training batches
 bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
 
@@ -35,9 +36,9 @@ data_source = "generator"     # generator (faces made on the fly) | folder (imag
 data_path = ""                # folder of images, or folder holding train.rec/train.idx
 generator_weights = "{assets_dir}/gan_face_generate/weights.tar"  # DCGAN generator for data_source="generator"
 samples_per_epoch = 528000    # generated faces per epoch (QuantFace used 528k synthetic images)
-image_size = 112              # network input side
-input_mean = 127.5            # pixel normalisation: (x - input_mean) / input_std
-input_std = 127.5             # 127.5 for insightface models, 128.0 for the tflite MobileFaceNet
+image_size = None             # network input side; None = the model's declared input spec (a different value is an error)
+input_mean = None             # pixel normalisation (x - mean) / std: None = the model's spec (127.5 / 127.5 insightface,
+input_std = None              #   127.5 / 128 the tflite MobileFaceNet); a number or 3 per-channel values that differ are an error
 random_flip = True            # random horizontal flip of training images
 num_workers = 2               # DataLoader worker processes (folder / recordio)
 
@@ -77,8 +78,6 @@ eval_data_dir = ""            # folder holding <target>.bin; "" = no verificatio
 eval_every = 2000             # verify every N steps during training
 eval_batch_size = 64          # batch size for verification
 
-# ---- assets and demo ----------------------------------------------------------------------------
+# ---- assets -------------------------------------------------------------------------------------
 assets_dir = os.environ.get("QUANTFACE_ASSETS", "~/.cache/quantface")  # asset cache (tools/fetch_assets.py)
-demo_holdout_seed = 1000003   # generator seed for held-out faces in the demo report (never trained on)
-demo_holdout_count = 256      # held-out generated faces in the demo report
 config_file = ""              # set by the loader: the experiment file this config came from

@@ -4,7 +4,6 @@ distilled on DCGAN faces generated on the fly, sized for a laptop CPU (under 10 
 network = "mfn_tflite"        # the converted pretrained MobileFaceNet (python -m tools.fetch_assets)
 embedding_size = 192
 teacher = "{assets_dir}/mobilefacenet_tflite.pt"
-input_std = 128.0             # this model expects (x - 127.5) / 128
 data_source = "generator"
 bn_mode = "frozen"            # BatchNorm is folded into its convolutions: nothing to update
 equalize = True               # folded BatchNorm leaves channels of very different ranges: equalise them first
@@ -12,7 +11,8 @@ bias_correction = True        # observe ranges on the first batches, correct the
 weight_bits = 8
 act_bits = 8
 act_observer = "lsq"          # observed ranges, then learned with the weights
-observer_steps = 20           # batches observed before training
+calibration_batches = 20      # batches observed before training (then frozen: no observing while training)
+observer_steps = 0
 batch_size = 32
 num_steps = 120               # about 3 s a step on 2 idle CPU cores
 optimizer = "adamw"           # Adam's steps do not depend on the loss's scale (the mse loss is tiny)

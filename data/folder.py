@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.images import ImageDataError, decode_rgb, fit_size, to_input
+from data.images import ImageDataError, fit_size, read_rgb, to_chw
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -25,15 +25,14 @@ def _scan(root: Path) -> list[str]:
 
 
 class FaceFolderDataset(Dataset):
-    """Every .jpg/.jpeg/.png under ``root`` as a face: RGB, ``size`` x ``size``, ``(x - mean) / std``.
+    """Every .jpg/.jpeg/.png under ``root`` as a face: RGB, ``size`` x ``size``.
 
-    ``__getitem__`` returns a normalised float [3, size, size] tensor (mirrored at random when
-    ``random_flip``); ``read(i)`` the uint8 RGB image before flip and normalisation.  Paths are kept
-    in one numpy byte array so forked DataLoader workers do not copy them (no per-path objects).
+    ``read(i)`` gives the uint8 HxWx3 image, ``dataset[i]`` the uint8 [3, size, size] tensor; flips and
+    normalisation happen batched (``data.train_batches``).  Paths are kept in one numpy byte array so
+    forked DataLoader workers do not copy them (no per-path objects).
     """
 
-    def __init__(self, root: str | os.PathLike, size: int = 112, mean: float = 127.5, std: float = 127.5,
-                 random_flip: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike, size: int = 112) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise ImageDataError(f"face image folder not found: {self.root} (data_path must be a folder of "
@@ -42,7 +41,7 @@ class FaceFolderDataset(Dataset):
         if not files:
             raise ImageDataError(f"no {'/'.join(IMAGE_SUFFIXES)} images found under {self.root}")
         self._files = np.array([os.fsencode(name) for name in files])
-        self.size, self.mean, self.std, self.random_flip = size, mean, std, random_flip
+        self.size = size
 
     def __len__(self) -> int:
         return len(self._files)
@@ -53,12 +52,7 @@ class FaceFolderDataset(Dataset):
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` as size x size x 3 uint8 RGB."""
-        path = self.path(index)
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError as exc:
-            raise ImageDataError(f"cannot read image {path}: {exc}") from exc
-        return fit_size(decode_rgb(data, str(path)), self.size)
+        return fit_size(read_rgb(self.path(index)), self.size)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_input(self.read(index), self.mean, self.std, self.random_flip)
+        return to_chw(self.read(index))

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from data.dcgan import LATENT_DIM, load_dcgan
-from data.images import normalise
 from data.keyed_random import keyed_normals
 
 
@@ -24,13 +23,12 @@ class GeneratedFaces:
     """
 
     def __init__(self, weights: str | os.PathLike, count: int, seed: int = 0, size: int = 112,
-                 mean: float = 127.5, std: float = 127.5, device: str | torch.device = "cpu",
-                 batch_size: int = 256) -> None:
+                 device: str | torch.device = "cpu", batch_size: int = 256) -> None:
         if count < 1:
             raise ValueError(f"GeneratedFaces needs count >= 1, got {count}")
         self.device = torch.device(device)
         self.generator = load_dcgan(weights, self.device)
-        self.count, self.seed, self.size, self.mean, self.std = count, seed, size, mean, std
+        self.count, self.seed, self.size = count, seed, size
         self.batch_size = batch_size
 
     def __len__(self) -> int:
@@ -56,7 +54,7 @@ class GeneratedFaces:
                                                             device=self.device)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        """Face ``index`` as a normalised float [3, size, size] tensor (no flip)."""
+        """Face ``index`` as a uint8 RGB [3, size, size] tensor (like ``FaceFolderDataset``)."""
         if not 0 <= index < self.count:
             raise IndexError(f"face {index} out of range for {self.count} generated faces")
-        return normalise(self.generate([index])[0], self.mean, self.std)
+        return self.generate([index])[0]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.images import ImageDataError, decode_rgb, fit_size, to_input
+from data.images import ImageDataError, decode_rgb, fit_size, to_chw
 
 RECORD_MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", RECORD_MAGIC)
@@ -195,16 +195,16 @@ class RecordIODataset(Dataset):
     """Face images of an insightface ``train.rec``/``train.idx``: ``(image, class)`` pairs.
 
     ``path`` is the ``.rec`` file or the folder holding ``train.rec``.  Images are RGB, resized to
-    ``size`` when they are not, normalised ``(x - mean) / std``, mirrored at random if ``random_flip``.
+    ``size`` when they are not; ``dataset[i]`` is ``(uint8 [3, size, size], class)`` (flips and
+    normalisation happen batched, in ``data.train_batches``).
     """
 
-    def __init__(self, path: str | os.PathLike, size: int = 112, mean: float = 127.5, std: float = 127.5,
-                 random_flip: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, size: int = 112) -> None:
         path = Path(path).expanduser()
         self.file = RecordIOFile(path / "train.rec" if path.is_dir() else path)
         self.keys = self._image_keys()
         self.file.close()  # workers open their own handles
-        self.size, self.mean, self.std, self.random_flip = size, mean, std, random_flip
+        self.size = size
 
     def _image_keys(self) -> np.ndarray:
         keys = list(self.file.index)
@@ -241,4 +241,4 @@ class RecordIODataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.record(index)
-        return to_input(image, self.mean, self.std, self.random_flip), label
+        return to_chw(image), label

@@ -4,7 +4,9 @@ Epoch ``e`` visits a permutation keyed by ``(seed, e)`` (the same on every rank)
 partial global batch, and gives rank ``r`` every ``world_size``-th sample from ``r`` (as
 ``DistributedSampler`` does).  Flips are keyed by ``(seed, e, sample index)``.  Nothing depends on
 what was drawn before, so ``epoch(e, start_batch=k)`` resumes exactly at batch ``k`` without
-decoding or generating the skipped samples.
+decoding or generating the skipped samples.  ``calibration()`` is epoch 0 as a single process sees it,
+the same batches on every rank, for the passes that must leave every rank identical (equalisation,
+range calibration, bias correction).  Pixels are normalised as the model's ``InputSpec`` says.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.folder import FaceFolderDataset
 from data.generated import GeneratedFaces
-from data.images import flip_where, normalise, to_chw
+from backbones.spec import InputSpec
+from data.images import flip_where, to_chw
 from data.keyed_random import keyed_coins, keyed_permutation
 from data.recordio import RecordIODataset
 
@@ -75,7 +78,7 @@ def _generator_source(faces: GeneratedFaces) -> BatchSource:
 class TrainBatches:
     """Normalised float [B, 3, S, S] training batches on the device for one rank, epoch by epoch."""
 
-    def __init__(self, source: BatchSource, length: int, batch_size: int, seed: int, mean: float, std: float,
+    def __init__(self, source: BatchSource, length: int, batch_size: int, seed: int, spec: InputSpec,
                  random_flip: bool, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -84,35 +87,44 @@ class TrainBatches:
             raise ValueError(f"{length} training samples do not fill one batch of {batch_size} on each of "
                              f"{world_size} processes; lower batch_size or add data")
         self.source, self.length, self.batch_size, self.seed = source, length, batch_size, seed
-        self.mean, self.std, self.random_flip = mean, std, random_flip
+        self.spec, self.random_flip = spec, random_flip
         self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def plan(self, epoch: int, start_batch: int = 0) -> torch.Tensor:
-        """int64 [batches_per_epoch - start_batch, batch_size]: this rank's sample indices, batch by batch."""
-        if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch {start_batch} outside 0..{self.batches_per_epoch} (batches per epoch)")
+    def plan(self, epoch: int, start_batch: int = 0, shard: bool = True) -> torch.Tensor:
+        """int64 [batches - start_batch, batch_size]: this rank's sample indices, batch by batch (with
+        ``shard=False``: those of a single process, the same on every rank)."""
+        rank, world = (self.rank, self.world_size) if shard else (0, 1)
+        batches = self.length // (self.batch_size * world)
+        if not 0 <= start_batch <= batches:
+            raise ValueError(f"start_batch {start_batch} outside 0..{batches} (batches per epoch)")
         order = keyed_permutation(self.seed, "order", epoch, self.length)
-        used = order[: self.batches_per_epoch * self.batch_size * self.world_size]
-        return used[self.rank::self.world_size].view(self.batches_per_epoch, self.batch_size)[start_batch:]
+        used = order[: batches * self.batch_size * world]
+        return used[rank::world].view(batches, self.batch_size)[start_batch:]
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
-        """Batches ``start_batch`` .. ``batches_per_epoch - 1`` of ``epoch`` for this rank."""
-        plan = self.plan(epoch, start_batch)
+    def epoch(self, epoch: int, start_batch: int = 0, shard: bool = True) -> Iterator[torch.Tensor]:
+        """Batches ``start_batch`` .. end of ``epoch`` for this rank (``shard=False``: for one process)."""
+        plan = self.plan(epoch, start_batch, shard)
         for indices, images in zip(plan, self.source(plan)):
             if self.random_flip:
                 images = flip_where(images, keyed_coins(self.seed, "flip", epoch, indices.numpy()))
-            yield normalise(images, self.mean, self.std)
+            yield self.spec.normalise(images)
+
+    def calibration(self) -> Iterator[torch.Tensor]:
+        """Epoch 0 as one process sees it: identical batches on every rank."""
+        return self.epoch(0, shard=False)
 
 
-def build_train_batches(cfg, device: str | torch.device, rank: int = 0, world_size: int = 1) -> TrainBatches:
-    """TrainBatches for ``cfg.data_source``: generator (``samples_per_epoch`` faces) | folder | recordio."""
+def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: int = 0, world_size: int = 1
+                        ) -> TrainBatches:
+    """TrainBatches for ``cfg.data_source`` (generator of ``samples_per_epoch`` faces | folder | recordio),
+    sized and normalised for a model with input ``spec``."""
     device = torch.device(device)
     kind = cfg.data_source
     if kind == "generator":
-        faces = GeneratedFaces(cfg.generator_weights, cfg.samples_per_epoch, seed=cfg.seed, size=cfg.image_size,
+        faces = GeneratedFaces(cfg.generator_weights, cfg.samples_per_epoch, seed=cfg.seed, size=spec.size,
                                device=device, batch_size=cfg.batch_size)
         source, length = _generator_source(faces), len(faces)
     elif kind in ("folder", "recordio"):
@@ -120,9 +132,8 @@ def build_train_batches(cfg, device: str | torch.device, rank: int = 0, world_si
             raise ValueError(f"data_source = {kind!r} needs data_path (the image folder, or the folder holding "
                              "train.rec and train.idx)")
         dataset_type = FaceFolderDataset if kind == "folder" else RecordIODataset
-        dataset = dataset_type(cfg.data_path, size=cfg.image_size)
+        dataset = dataset_type(cfg.data_path, size=spec.size)
         source, length = _LoaderSource(dataset, cfg.num_workers, device), len(dataset)
     else:
         raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder' or 'recordio'")
-    return TrainBatches(source, length, cfg.batch_size, cfg.seed, cfg.input_mean, cfg.input_std,
-                        cfg.random_flip, rank, world_size)
+    return TrainBatches(source, length, cfg.batch_size, cfg.seed, spec, cfg.random_flip, rank, world_size)

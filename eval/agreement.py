@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from eval.scores import all_pairs, pair_scores
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
@@ -24,16 +26,14 @@ def embedding_agreement(teacher: np.ndarray, student: np.ndarray) -> dict[str, f
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
 
-def pair_scores(embeddings: np.ndarray) -> np.ndarray:
+def cosine_scores(embeddings: np.ndarray) -> np.ndarray:
     """Cosine score of every unordered pair (i < j), in ``np.triu_indices`` order."""
-    unit = _unit(embeddings)
-    rows, cols = np.triu_indices(len(unit), k=1)
-    return np.sum(unit[rows] * unit[cols], axis=1)
+    return pair_scores(_unit(embeddings), all_pairs(len(embeddings)))
 
 
 def identity_scores(embeddings: np.ndarray, identities: Sequence[str]) -> dict[str, object]:
     """Genuine (same identity) and impostor pair scores: overall means, separation, and per identity."""
-    scores = pair_scores(embeddings)
+    scores = cosine_scores(embeddings)
     ids = np.asarray(identities)
     rows, cols = np.triu_indices(len(ids), k=1)
     genuine = ids[rows] == ids[cols]
@@ -64,7 +64,7 @@ def compare_models(teacher: np.ndarray, student: np.ndarray, identities: Sequenc
     """
     result: dict[str, object] = embedding_agreement(teacher, student)
     if len(teacher) > 2:
-        result["pair_score_correlation"] = float(np.corrcoef(pair_scores(teacher), pair_scores(student))[0, 1])
+        result["pair_score_correlation"] = float(np.corrcoef(cosine_scores(teacher), cosine_scores(student))[0, 1])
     if identities is not None:
         result["teacher_identity"] = identity_scores(teacher, identities)
         result["student_identity"] = identity_scores(student, identities)

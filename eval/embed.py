@@ -3,7 +3,8 @@
 Images come from any sequence whose ``images[i]`` is an HxWx3 uint8 RGB array (a numpy array, or a
 lazy decoder such as ``eval.verification.JpegImages`` / ``eval.ijb.IjbFaces``).  Worker threads fill
 whole batches ahead of the model (OpenCV decoding and warping release the GIL), so the model never
-waits for IO; only uint8 pixels cross to the device, normalisation and flipping happen there.
+waits for IO; only uint8 pixels cross to the device, normalisation (the model's ``InputSpec``) and
+flipping happen there.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from backbones.spec import InputSpec, input_spec_of
+from utils.modes import eval_mode
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
@@ -66,43 +70,40 @@ def input_layout(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
-def normalise_batch(batch: torch.Tensor, device: torch.device, mean: float, std: float) -> torch.Tensor:
-    """uint8 [B, H, W, 3] (any device) -> float [B, 3, H, W] on ``device``, ``(x - mean) / std``."""
-    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    return x.sub_(mean).div_(std).contiguous(memory_format=input_layout(device))
+def normalise_batch(batch: torch.Tensor, device: torch.device, spec: InputSpec) -> torch.Tensor:
+    """uint8 RGB [B, H, W, 3] (any device) -> the network's float input [B, 3, H, W] on ``device``."""
+    x = spec.normalise(batch.to(device, non_blocking=True).permute(0, 3, 1, 2))
+    return x.contiguous(memory_format=input_layout(device))
 
 
 @torch.no_grad()
 def iter_embeddings(model: nn.Module, images: Sequence[np.ndarray], device: str | torch.device,
-                    batch_size: int, flip: bool = True, mean: float = 127.5, std: float = 127.5,
-                    workers: int = DEFAULT_WORKERS, desc: str = "embed") -> Iterator[tuple[int, torch.Tensor]]:
+                    batch_size: int, flip: bool = True, workers: int = DEFAULT_WORKERS,
+                    desc: str = "embed") -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, features [B, D] float32 on device)``: embedding (+ embedding of the mirror image).
 
-    ``model`` must already be on ``device``; it runs in eval mode and gets its previous mode back after.
+    ``model`` must already be on ``device``; its ``InputSpec`` says how pixels are normalised.  It runs
+    in eval mode and gets its previous mode back after.
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    device, spec = torch.device(device), input_spec_of(model)
     batches = iter_image_batches(images, batch_size, workers, pin_memory=device.type == "cuda")
     try:
-        for start, batch in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=desc,
-                                 unit="batch", leave=False):
-            x = normalise_batch(batch, device, mean, std)
-            features = model(x).float()
-            if flip:
-                features = features + model(x.flip(3)).float()
-            yield start, features
+        with eval_mode(model):
+            for start, batch in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=desc,
+                                     unit="batch", leave=False):
+                x = normalise_batch(batch, device, spec)
+                features = model(x).float()
+                if flip:
+                    features = features + model(x.flip(3)).float()
+                yield start, features
     finally:
         batches.close()
-        model.train(was_training)
 
 
 def embed_batches(model: nn.Module, images: Sequence[np.ndarray], device: str | torch.device, batch_size: int,
-                  flip: bool = True, mean: float = 127.5, std: float = 127.5, workers: int = DEFAULT_WORKERS,
-                  desc: str = "embed") -> np.ndarray:
+                  flip: bool = True, workers: int = DEFAULT_WORKERS, desc: str = "embed") -> np.ndarray:
     """All flip-test features of ``images`` as float32 [N, D] (summed, not normalised)."""
-    chunks = [f.cpu().numpy() for _, f in iter_embeddings(model, images, device, batch_size, flip, mean, std,
-                                                           workers, desc)]
+    chunks = [f.cpu().numpy() for _, f in iter_embeddings(model, images, device, batch_size, flip, workers, desc)]
     if not chunks:
         raise ValueError("no images to embed")
     return np.concatenate(chunks)

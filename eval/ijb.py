@@ -24,18 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 from sklearn.metrics import auc, roc_curve
 from torch import nn
 
+from backbones.spec import input_spec_of
 from data.align import align_face
+from data.images import ImageDataError, read_rgb
 from eval.embed import DEFAULT_WORKERS, iter_embeddings
+from eval.scores import pair_scores
 
 TARGETS = ("IJBB", "IJBC")
 FAR_LEVELS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-PAIR_CHUNK = 100_000
 
 
 class IjbFormatError(ValueError):
@@ -148,7 +149,7 @@ def load_ijb(ijb_dir: str | os.PathLike, target: str) -> IjbSet:
 
 
 class IjbFaces(Sequence[np.ndarray]):
-    """Lazy ``loose_crop`` reading + 5-point alignment to 112x112 RGB, one face per index."""
+    """Lazy ``loose_crop`` reading + 5-point alignment to ``size`` x ``size`` RGB, one face per index."""
 
     def __init__(self, ijb: IjbSet, size: int = 112):
         self.ijb, self.size = ijb, size
@@ -158,10 +159,11 @@ class IjbFaces(Sequence[np.ndarray]):
 
     def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
         path = self.ijb.root / "loose_crop" / self.ijb.names[index]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise IjbFormatError(f"cannot read image {path} (face {index + 1} of the {self.ijb.target} meta files)")
-        return cv2.cvtColor(align_face(image, self.ijb.landmarks[index], self.size), cv2.COLOR_BGR2RGB)
+        try:
+            image = read_rgb(path)
+        except ImageDataError as exc:
+            raise IjbFormatError(f"{exc} (face {index + 1} of the {self.ijb.target} meta files)") from exc
+        return align_face(image, self.ijb.landmarks[index], self.size)
 
 
 class TemplateAccumulator:
@@ -197,17 +199,6 @@ class TemplateAccumulator:
         return self.template_ids, torch.nn.functional.normalize(feats, dim=1)
 
 
-def pair_scores(template_ids: np.ndarray, template_feats: torch.Tensor, pairs: np.ndarray,
-                chunk: int = PAIR_CHUNK) -> np.ndarray:
-    """Dot products of the template pairs, ``chunk`` pairs at a time on the features' device."""
-    out = np.empty(len(pairs), dtype=np.float32)
-    for begin in range(0, len(pairs), chunk):
-        rows = torch.as_tensor(np.searchsorted(template_ids, pairs[begin:begin + chunk]),
-                               device=template_feats.device)
-        out[begin:begin + chunk] = (template_feats[rows[:, 0]] * template_feats[rows[:, 1]]).sum(1).cpu().numpy()
-    return out
-
-
 def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float] = FAR_LEVELS
                ) -> tuple[dict[str, float], np.ndarray, np.ndarray, float]:
     """``({far_key: TAR}, fpr, tpr, auc)`` from ``sklearn.metrics.roc_curve``."""
@@ -230,16 +221,18 @@ class IjbResult:
 
 
 def evaluate_ijb(model: nn.Module, ijb: IjbSet, device: str | torch.device, batch_size: int = 64,
-                 mean: float = 127.5, std: float = 127.5, workers: int = DEFAULT_WORKERS) -> IjbResult:
-    """Stream every face through ``model`` (on ``device``) and score all template pairs."""
+                 workers: int = DEFAULT_WORKERS) -> IjbResult:
+    """Stream every face through ``model`` (on ``device``, aligned and normalised as its ``InputSpec``
+    says) and score all template pairs."""
     begin = time.perf_counter()
     accumulator = TemplateAccumulator(ijb.templates, ijb.medias, ijb.scores, device)
-    for start, features in iter_embeddings(model, IjbFaces(ijb), device, batch_size, flip=True, mean=mean,
-                                           std=std, workers=workers, desc=f"{ijb.target} faces"):
+    faces = IjbFaces(ijb, input_spec_of(model).size)
+    for start, features in iter_embeddings(model, faces, device, batch_size, flip=True, workers=workers,
+                                           desc=f"{ijb.target} faces"):
         accumulator.add(start, features)
     template_ids, template_feats = accumulator.templates()
     embed_seconds = time.perf_counter() - begin
-    scores = pair_scores(template_ids, template_feats, ijb.pairs)
+    scores = pair_scores(template_feats, np.searchsorted(template_ids, ijb.pairs))
     table, fpr, tpr, area = tar_at_far(ijb.labels, scores)
     metrics = {"tar_at_far": table, "auc": area, "faces": len(ijb.names), "templates": len(template_ids),
                "pairs": len(ijb.pairs), "embed_seconds": embed_seconds}

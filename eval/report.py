@@ -1,9 +1,7 @@
 """Benchmark results as one JSON, a QuantFace-style markdown table and IJB ROC plots."""
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,7 +35,15 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.2f}"
 
 
-def markdown_table(entries: Sequence[dict[str, Any]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
+    """A markdown table; the first ``text_columns`` columns are left-aligned, the numbers right-aligned."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_table(entries: Sequence[dict[str, Any]]) -> str:
     """One row per checkpoint: model, bits, size, verification accuracy (%) and IJB TAR at ``TABLE_FAR`` (%).
 
     The five standard sets come first (``-`` where not evaluated); other .bin sets get extra columns.
@@ -46,29 +52,14 @@ def markdown_table(entries: Sequence[dict[str, Any]]) -> str:
     columns = {**VERIFICATION_COLUMNS, **{t: t for t in extra}}
     header = ["Model", "Bits", "Size (MB)", *columns.values(),
               *(f"{name} (TAR@FAR={far_key(TABLE_FAR)})" for name in IJB_COLUMNS.values())]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+    rows = []
     for entry in entries:
         verification, ijb = entry.get("verification", {}), entry.get("ijb", {})
         cells = [entry["label"], entry["bits"], f"{entry['size_mb']:.2f}"]
         cells += [_cell(verification.get(t, {}).get("accuracy")) for t in columns]
         cells += [_cell(ijb.get(t, {}).get("tar_at_far", {}).get(far_key(TABLE_FAR))) for t in IJB_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (a crash mid-run leaves the previous complete file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        rows.append(cells)
+    return markdown_table(header, rows, text_columns=3)
 
 
 def thin_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,8 @@ import torch
 from sklearn.model_selection import KFold
 from torch import nn
 
+from backbones.spec import input_spec_of
+from data.images import ImageDataError, decode_rgb, fit_size
 from eval.embed import DEFAULT_WORKERS, embed_batches
 from eval.safe_pickle import UnsafePickleError, load_restricted
 
@@ -32,6 +34,16 @@ IMAGE_SIZE = 112
 
 class BinFormatError(ValueError):
     """A .bin file does not hold ``(list of image bytes, list of bools)``; the message names the file."""
+
+
+def find_bins(data_dir: str | os.PathLike, targets: Sequence[str]) -> dict[str, Path]:
+    """``{target: <data_dir>/<target>.bin}``, every missing file reported at once, before any model runs."""
+    bins = {name: Path(data_dir).expanduser() / f"{name}.bin" for name in targets}
+    missing = [str(p) for p in bins.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"verification set(s) not found: {', '.join(missing)}; choose the available "
+                                "targets (eval_targets / --targets) or fix the folder (eval_data_dir / --data-dir)")
+    return bins
 
 
 def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
@@ -78,7 +90,7 @@ def write_bin(path: str | os.PathLike, images: Sequence[np.ndarray], issame: Seq
 
 
 class JpegImages(Sequence[np.ndarray]):
-    """Lazy RGB 112x112 decoding of encoded images (decoded in the loader threads, never all at once)."""
+    """Lazy RGB ``size`` x ``size`` decoding of encoded images (in the loader threads, never all at once)."""
 
     def __init__(self, blobs: Sequence[bytes], source: str, size: int = IMAGE_SIZE):
         self.blobs, self.source, self.size = blobs, source, size
@@ -87,12 +99,11 @@ class JpegImages(Sequence[np.ndarray]):
         return len(self.blobs)
 
     def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
-        image = cv2.imdecode(np.frombuffer(self.blobs[index], dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise BinFormatError(f"{self.source}: image {index} cannot be decoded")
-        if image.shape[:2] != (self.size, self.size):
-            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        try:
+            image = decode_rgb(self.blobs[index], f"{self.source} image {index}")
+        except ImageDataError as exc:
+            raise BinFormatError(str(exc)) from exc
+        return fit_size(image, self.size)
 
 
 def _folds(num_pairs: int, nrof_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -169,16 +180,17 @@ def evaluate(embeddings: np.ndarray, issame: Sequence[bool] | np.ndarray, nrof_f
 
 
 def verify(model: nn.Module, bin_path: str | os.PathLike, device: str | torch.device, batch_size: int = 64,
-           mean: float = 127.5, std: float = 127.5, nrof_folds: int = 10,
-           workers: int = DEFAULT_WORKERS) -> dict[str, Any]:
+           nrof_folds: int = 10, workers: int = DEFAULT_WORKERS) -> dict[str, Any]:
     """Embed a .bin set with the flip test and return ``evaluate``'s numbers plus the embedding time.
 
-    ``model`` must be on ``device``; its train/eval mode is restored afterwards.
+    ``model`` must be on ``device`` (normalised as its ``InputSpec`` says); its train/eval mode is
+    restored afterwards.
     """
     bins, issame = load_bin(bin_path)
     begin = time.perf_counter()
-    features = embed_batches(model, JpegImages(bins, str(bin_path)), device, batch_size, flip=True,
-                             mean=mean, std=std, workers=workers, desc=Path(bin_path).stem)
+    images = JpegImages(bins, str(bin_path), input_spec_of(model).size)
+    features = embed_batches(model, images, device, batch_size, flip=True, workers=workers,
+                             desc=Path(bin_path).stem)
     seconds = time.perf_counter() - begin
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     result = evaluate(features / np.maximum(norms, 1e-12), issame, nrof_folds)

@@ -3,7 +3,7 @@
 How it works
 ------------
 ``quantize_model(model, qcfg)`` deep-copies ``model`` and finds what to quantize **by module type**:
-``nn.Conv2d``, ``nn.Linear``, ``nn.PReLU`` and the ``utils.ops.Add`` / ``utils.ops.Mul`` modules that
+``nn.Conv2d``, ``nn.Linear``, ``nn.PReLU`` and the ``backbones.layers.Add`` / ``Mul`` modules that
 backbones use for residual sums and gates (``self.add = Add()``; ``self.add(out, identity)``).
 Functional ``a + b`` in a backbone is invisible to quant/, which is why backbones route them through
 these modules.  Each found module is re-classed in place into its quantized subclass
@@ -32,12 +32,13 @@ Observers start enabled; ``freeze_observers``/``calibrate`` stop them (after ``s
 
 Channel equalisation (``equalize=True``, ``quant.equalize``): before quantizers are placed, channels
 between adjacent layers are rescaled (exactly, through PReLU/ReLU/padding) so that one per-tensor
-activation range fits every channel; it needs calibration batches: ``quantize_model(m, qcfg, batches)``.
+activation range fits every channel; it needs calibration batches, so it runs in ``post_training_quantize``.
 
 Bias correction (``bias_correction=True``, ``quant.correct_biases``): each quantized layer's bias gets
 back the mean output shift that quantization caused, measured against the float model on calibration
-images.  ``post_training_quantize(model, qcfg, batches)`` does all of it: equalise, quantize, observe
-ranges and freeze them, correct biases; it is the start of distillation and the calibration-only baseline.
+images.  ``post_training_quantize(model, qcfg, batches, calibration_batches)`` is the one path that does
+all of it: equalise, quantize, observe ranges and freeze them, correct biases; it returns the student
+and its float reference, and is both the start of distillation and the calibration-only baseline.
 
 BatchNorm (``bn_mode``): ``train``; ``frozen`` (eval even under ``model.train()``); ``fold`` (folded
 into the preceding Conv2d/Linear where exact, the rest frozen; see ``quant.bn``).
@@ -50,7 +51,7 @@ from quant.equalize import equalize, find_chains
 from quant.model import QuantizeError, layer_bits, quantize_model, quantizers
 from quant.observers import (calibrate, freeze_observers, refresh_weight_qparams, set_observers, sync_observers,
                              unfreeze_observers)
-from quant.ptq import post_training_quantize
+from quant.ptq import PostTrainingResult, post_training_quantize
 from quant.quantizer import FakeQuantizer, act_quantizer, weight_quantizer
 from quant.report import size_report
 
@@ -60,4 +61,5 @@ __all__ = [
     "save_quantized", "load_quantized", "load_any_model", "size_report", "FakeQuantizer",
     "weight_quantizer", "act_quantizer", "FrozenBatchNorm1d", "FrozenBatchNorm2d",
     "fold_batchnorms", "freeze_batchnorms", "equalize", "find_chains", "correct_biases", "post_training_quantize",
+    "PostTrainingResult",
 ]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from quant.layers import QuantConv2d, QuantLinear
+from utils.modes import eval_mode
 
 
 def _channel_mean(output: torch.Tensor) -> torch.Tensor:
@@ -70,10 +71,9 @@ def _forward_with_hooks(model: nn.Module, names: list[str], make_hook, images: t
     """One eval-mode forward of ``images`` with ``make_hook(name)`` on each named module; then as before."""
     modules = dict(model.named_modules())
     handles = [modules[name].register_forward_hook(make_hook(name)) for name in names]
-    was_training = model.training
     try:
-        model.eval()(images)
+        with eval_mode(model):
+            model(images)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)

@@ -11,7 +11,9 @@ from torch import nn
 from quant.config import QuantConfig, QuantConfigError
 from quant.model import quantize_inplace, quantizers
 from quant.observers import set_observers
-from utils.checkpoint import CheckpointError, load_float_model, load_state_strict, read_checkpoint, save_checkpoint
+from backbones import get_model, input_spec, load_float_model
+from backbones.spec import check_meta_spec
+from utils.checkpoint import CheckpointError, load_state_strict, read_checkpoint, save_checkpoint
 
 
 def save_quantized(path: str | os.PathLike, model: nn.Module, network: str, network_kwargs: dict[str, Any],
@@ -30,14 +32,15 @@ def save_quantized(path: str | os.PathLike, model: nn.Module, network: str, netw
 
 
 def _build_quantized(state: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> nn.Module:
-    from backbones import get_model  # the registry; quant/ itself knows no backbone
-
     if not meta.get("network"):
         raise CheckpointError(f"{source} has quantization metadata but no 'network' name to rebuild from")
     try:
         qcfg = QuantConfig.from_dict(meta["quant"])
+        check_meta_spec(meta, input_spec(meta["network"]), source)
     except QuantConfigError as exc:
         raise CheckpointError(f"{source}: invalid 'quant' metadata: {exc}") from exc
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
     model = quantize_inplace(get_model(meta["network"], **meta.get("network_kwargs", {})), qcfg)
     load_state_strict(model, state, source)
     return set_observers(model, False)
@@ -48,7 +51,7 @@ def load_quantized(path: str | os.PathLike, map_location: str | torch.device = "
     state, meta = read_checkpoint(path, map_location)
     if not meta.get("quant"):
         raise CheckpointError(f"{path} is a float checkpoint (no 'quant' metadata); load it with "
-                              "utils.checkpoint.load_float_model or quant.load_any_model")
+                              "backbones.load_float_model or quant.load_any_model")
     return _build_quantized(state, meta, str(path)).to(map_location)
 
 
@@ -56,7 +59,7 @@ def load_any_model(path: str | os.PathLike, network: str | None = None,
                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """``(model, meta)`` for a quantized student or a float checkpoint (``network`` names bare state_dicts).
 
-    A float checkpoint is handed to ``utils.checkpoint.load_float_model`` (which reads the file again).
+    A float checkpoint is handed to ``backbones.load_float_model`` (which reads the file again).
     """
     state, meta = read_checkpoint(path, map_location)
     if meta.get("quant"):

@@ -49,7 +49,7 @@ class QuantConfig:
     weight_bits: int = 8
     act_bits: int = 8
     mode: str = "deploy"
-    weight_symmetric: bool = True
+    weight_symmetric: bool | None = None  # None: the mode's own (deploy symmetric, quantface asymmetric)
     weight_observer: str = "minmax"
     act_observer: str = "minmax"
     lsq_init: str = "minmax"
@@ -63,6 +63,8 @@ class QuantConfig:
     def __post_init__(self) -> None:
         self.layer_bits = {str(k): [int(b) for b in v] if isinstance(v, (list, tuple)) else v
                            for k, v in dict(self.layer_bits).items()}
+        if self.weight_symmetric is None and self.mode in MODES:
+            self.weight_symmetric = self.mode != "quantface"
         self.validate()
 
     def validate(self) -> None:
@@ -77,6 +79,10 @@ class QuantConfig:
         for flag in ("equalize", "bias_correction", "weight_symmetric"):
             if not isinstance(getattr(self, flag), bool):
                 raise QuantConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.mode == "quantface" and self.weight_symmetric:
+            raise QuantConfigError("weight_symmetric=True cannot apply with quant_mode='quantface': the paper's "
+                                   "placement quantizes weights asymmetrically (min/max). Leave weight_symmetric "
+                                   "unset, or use quant_mode='deploy'")
         if not 50.0 < float(self.act_percentile) <= 100.0:
             raise QuantConfigError(f"act_percentile={self.act_percentile} must be in (50, 100], e.g. 99.99")
         if not 0.0 < float(self.ema_momentum) <= 1.0:
@@ -87,11 +93,6 @@ class QuantConfig:
                     f"layer_bits[{pattern!r}]={bits!r} must be [weight_bits, act_bits], e.g. [8, 8]")
             _check_bits(f"layer_bits[{pattern!r}] weight bits", bits[0])
             _check_bits(f"layer_bits[{pattern!r}] activation bits", bits[1])
-
-    @property
-    def weight_is_symmetric(self) -> bool:
-        """QuantFace quantizes weights asymmetrically (min/max), whatever ``weight_symmetric`` says."""
-        return self.weight_symmetric and self.mode != "quantface"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "QuantConfig":

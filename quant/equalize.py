@@ -23,7 +23,9 @@ from typing import Iterable
 import torch
 from torch import fx, nn
 
+from quant.batches import batch_input
 from quant.graph import trace
+from utils.modes import eval_mode
 
 _HOMOGENEOUS = (nn.PReLU, nn.ReLU, nn.ZeroPad2d, nn.Identity, nn.Dropout)
 _PRODUCERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
@@ -90,18 +92,15 @@ def _input_ranges(model: nn.Module, consumers: list[str], batches: Iterable[torc
 
     handles = [model.get_submodule(name).register_forward_pre_hook(hook(name)) for name in consumers]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for i, batch in enumerate(batches):
                 if i >= max_batches:
                     break
-                model((batch[0] if isinstance(batch, (tuple, list)) else batch).to(device))
+                model(batch_input(batch).to(device))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if not ranges:
         raise ValueError("equalize() got no calibration batches")
     return ranges

@@ -1,6 +1,6 @@
 """Who feeds whom: a torch.fx trace of the float model, read for BN folding and quantizer placement.
 
-The trace treats ``utils.ops.Add``/``Mul`` (and torch's own layers) as leaves, so every residual sum
+The trace treats ``backbones.layers.Add``/``Mul`` (and torch's own layers) as leaves, so every residual sum
 is one ``call_module`` node named by its module path.  Backbones that cannot be traced (data-dependent
 Python control flow) still quantize: placement then assumes no input is already quantized, and BN
 folding reports that it needs a traceable model.
@@ -14,7 +14,7 @@ from functools import cached_property
 import torch
 from torch import fx, nn
 
-from utils.ops import Add, Mul
+from backbones.layers import Add, Mul
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Quantized versions of Conv2d, Linear, PReLU and the ``utils.ops`` Add/Mul modules.
+"""Quantized versions of Conv2d, Linear, PReLU and the ``backbones.layers`` Add/Mul modules.
 
 Each is a subclass of the float module.  ``attach_quantizers`` re-classes a module in place (inside the
 deep copy made by ``quantize_model``), so ``weight``/``bias`` keep their objects and key paths and the
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quant.quantizer import FakeQuantizer
-from utils.ops import Add, Mul
+from backbones.layers import Add, Mul
 
 
 def _q(quantizer: FakeQuantizer | None, x: torch.Tensor) -> torch.Tensor:

@@ -4,18 +4,16 @@ from __future__ import annotations
 import copy
 import fnmatch
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 
-import torch
 from torch import nn
 
 from quant.bn import fold_batchnorms, freeze_batchnorms
 from quant.config import QuantConfig, is_float_bits
-from quant.equalize import equalize
 from quant.graph import ModelGraph, trace
 from quant.layers import QUANT_CLASSES, attach_quantizers
 from quant.quantizer import FakeQuantizer, act_quantizer, weight_quantizer
-from utils.ops import Add, Mul
+from backbones.layers import Add, Mul
 
 
 class QuantizeError(ValueError):
@@ -58,7 +56,7 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
     """Placement per module name (the two modes are described in the ``quant`` package docstring)."""
     targets = {name: m for name, m in model.named_modules() if type(m) in QUANT_CLASSES}
     if not targets:
-        raise QuantizeError(f"{type(model).__name__} has no Conv2d, Linear, PReLU or utils.ops Add/Mul to quantize")
+        raise QuantizeError(f"{type(model).__name__} has no Conv2d, Linear, PReLU or backbones.layers Add/Mul to quantize")
     plans = {name: _Plan(*bits) for name, bits in layer_bits(list(targets), qcfg).items()}
     for name, plan in plans.items():
         module, acts = targets[name], not is_float_bits(plan.act_bits)
@@ -97,7 +95,7 @@ def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig) -> Non
         if plan.weight and isinstance(module, nn.PReLU):  # slope: per tensor, affine, activation bits
             weight = weight_quantizer(plan.act_bits, None, False, learnable, f"{name}.weight_quant")
         elif plan.weight:
-            weight = weight_quantizer(plan.weight_bits, module.weight.shape[0], qcfg.weight_is_symmetric,
+            weight = weight_quantizer(plan.weight_bits, module.weight.shape[0], qcfg.weight_symmetric,
                                       learnable, f"{name}.weight_quant")
         input_names = QUANT_CLASSES[type(module)].input_names
         inputs = tuple(_act(plan, qcfg, f"{name}.{n}", on) for n, on in zip(input_names, plan.inputs))
@@ -106,23 +104,20 @@ def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig) -> Non
             module.to(device)
 
 
-def quantize_model(model: nn.Module, qcfg: QuantConfig, calibration: Iterable[torch.Tensor] | None = None
-                   ) -> nn.Module:
+def quantize_model(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
     """A quantization-aware copy of ``model`` (the float model is untouched); observers start enabled.
 
     Parameter key paths are unchanged (except that ``bn_mode='fold'`` removes folded BNs and gives
-    their layers a ``bias``); quantizer state is added under ``<module>.<...>_quant.*``.  With
-    ``qcfg.equalize`` the copy's channels are first equalised (``quant.equalize``) on the input
-    batches ``calibration``.
+    their layers a ``bias``); quantizer state is added under ``<module>.<...>_quant.*``.  Passes that
+    need calibration data (``qcfg.equalize``, ``qcfg.bias_correction``) are ``post_training_quantize``'s;
+    a config asking for them is refused here rather than silently ignored.
     """
     if any(True for _ in quantizers(model)):
         raise QuantizeError("model is already quantized; pass the float model")
-    model = copy.deepcopy(model)
-    if qcfg.equalize:
-        if calibration is None:
-            raise QuantizeError("equalize=True needs calibration batches: quantize_model(model, qcfg, batches)")
-        equalize(model, calibration)
-    return quantize_inplace(model, qcfg)
+    if qcfg.equalize or qcfg.bias_correction:
+        raise QuantizeError("equalize / bias_correction need calibration batches: use "
+                            "quant.post_training_quantize(model, qcfg, batches)")
+    return quantize_inplace(copy.deepcopy(model), qcfg)
 
 
 def quantize_inplace(model: nn.Module, qcfg: QuantConfig) -> nn.Module:

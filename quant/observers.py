@@ -8,8 +8,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from quant.batches import batch_input
 from quant.model import quantizers
 from quant.quantizer import FakeQuantizer
+from utils.modes import eval_mode
 
 
 def set_observers(model: nn.Module, enabled: bool) -> nn.Module:
@@ -82,17 +84,14 @@ def calibrate(model: nn.Module, batches: Iterable, max_batches: int | None = Non
     the model's device.  Under torch.distributed the ranges are synced before freezing.
     """
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     set_observers(model, True)
     seen = 0
-    for batch in tqdm(batches, desc="calibrate", total=max_batches, leave=False):
-        if max_batches is not None and seen >= max_batches:
-            break
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        model(images.to(device))
-        seen += 1
+    with eval_mode(model):
+        for batch in tqdm(batches, desc="calibrate", total=max_batches, leave=False):
+            if max_batches is not None and seen >= max_batches:
+                break
+            model(batch_input(batch).to(device))
+            seen += 1
     if seen == 0:
         raise ValueError("calibrate() got no batches: pass an iterable of input tensors")
-    freeze_observers(model)
-    return model.train(was_training)
+    return freeze_observers(model)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from utils import assets
-from utils.assets import ASSETS, Asset, AssetError, Member, Source, ensure_all, fetch_asset, sha256_file
+from assets import fetch as fetching
+from assets import ASSETS, Asset, AssetError, Member, Source, ensure_all, fetch_asset
+from utils.fileio import sha256_file
 
 PAYLOAD = b"weights of a tiny test asset\n" * 100
 
@@ -56,7 +57,7 @@ def test_real_assets_are_cached_verified_and_idempotent():
     assert [r.name for r in first] == list(ASSETS)
     for result in first:
         assert result.path.exists(), result
-    root = assets.assets_root()
+    root = fetching.assets_root()
     for asset in ASSETS.values():
         for source in asset.sources:
             for member in source.members:
@@ -78,7 +79,7 @@ def test_corrupted_cached_file_is_detected_and_restored(tmp_path, monkeypatch, c
     assert fetch_asset("test_asset", tmp_path).status == "verified"
 
     target.write_bytes(PAYLOAD[:-1] + b"!")
-    with caplog.at_level(logging.WARNING, logger="utils.assets"):
+    with caplog.at_level(logging.WARNING, logger="assets.fetch"):
         assert fetch_asset("test_asset", tmp_path).status == "fetched"
     assert target.read_bytes() == PAYLOAD
     assert "corrupt" in caplog.text and _sha(PAYLOAD) in caplog.text
@@ -130,7 +131,7 @@ def test_paths_leaving_the_cache_and_links_are_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "escaped.bin").exists()
     for bad in ("/abs/file", "a/../../b", ""):
         with pytest.raises(AssetError, match="unsafe path"):
-            assets._safe_dest(root, bad)
+            fetching._safe_dest(root, bad)
 
     _register(monkeypatch, root, "a.tgz", (Member("package/link.bin", "t/link.bin", _sha(PAYLOAD)),),
               archive_bytes=tgz.read_bytes())
@@ -172,7 +173,7 @@ def test_unknown_asset_name_lists_the_known_ones():
 
 
 def test_teacher_is_built_from_a_hand_placed_tflite_and_rebuilt_when_damaged(tmp_path, caplog):
-    source = assets.ensure_asset("mobilefacenet_tflite_source")
+    source = fetching.ensure_asset("mobilefacenet_tflite_source")
     placed = tmp_path / ASSETS["mobilefacenet_tflite_source"].path  # where a user copies the extracted file
     placed.parent.mkdir(parents=True)
     placed.write_bytes(source.read_bytes())
@@ -181,7 +182,7 @@ def test_teacher_is_built_from_a_hand_placed_tflite_and_rebuilt_when_damaged(tmp
     assert not (tmp_path / "downloads").exists()  # nothing was downloaded
     assert fetch_asset("mobilefacenet_tflite", tmp_path).status == "verified"
     built.path.write_bytes(b"truncated")
-    with caplog.at_level(logging.WARNING, logger="utils.assets"):
+    with caplog.at_level(logging.WARNING, logger="assets.fetch"):
         assert fetch_asset("mobilefacenet_tflite", tmp_path).status == "built"
     assert "rebuilding" in caplog.text
     assert fetch_asset("mobilefacenet_tflite", tmp_path).status == "verified"
@@ -190,7 +191,7 @@ def test_teacher_is_built_from_a_hand_placed_tflite_and_rebuilt_when_damaged(tmp
 def test_fetch_assets_tool_prints_a_table_and_fails_clearly(tmp_path, monkeypatch, capsys):
     from tools.fetch_assets import main
 
-    source = assets.ensure_asset("mobilefacenet_tflite_source")
+    source = fetching.ensure_asset("mobilefacenet_tflite_source")
     placed = tmp_path / ASSETS["mobilefacenet_tflite_source"].path
     placed.parent.mkdir(parents=True)
     placed.write_bytes(source.read_bytes())

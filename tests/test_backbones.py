@@ -8,8 +8,9 @@ import torch
 from torch import fx, nn
 
 from backbones import available_models, get_model
-from utils.checkpoint import CheckpointError, load_float_model
-from utils.ops import Add, Mul
+from backbones import load_float_model
+from utils.checkpoint import CheckpointError
+from backbones.layers import Add, Mul
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import quant
 from backbones import available_models
 from utils.config import BASE_CONFIG, CONFIG_DIR, Config, ConfigError, load_config, parse_override
 
@@ -156,7 +157,8 @@ def test_quantface_grid_matches_the_paper_setting(net, bits):
         assert (cfg.network, cfg.weight_bits, cfg.act_bits) == (net, bits, bits)
         assert (cfg.quant_mode, cfg.act_observer, cfg.observer_steps, cfg.bn_mode) == \
                ("quantface", "minmax", 300, "train")
-        assert cfg.lr == 0.0 and cfg.optimizer == "sgd" and cfg.input_std == 127.5
+        assert cfg.lr == 0.0 and cfg.optimizer == "sgd" and cfg.input_std is None  # the model's own spec
+        assert quant.QuantConfig.from_config(cfg).weight_symmetric is False  # quantface: asymmetric weights
         assert cfg.teacher.endswith(f"_{net}/backbone.pth")
     assert (synthetic.data_source, synthetic.epochs) == ("generator", 11)
     assert synthetic.lr_milestones == [pytest.approx(10 / 11, abs=1e-3)]

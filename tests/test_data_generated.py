@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from backbones.spec import ARCFACE
 from data import FaceFolderDataset, GeneratedFaces, build_train_batches
 from data.dcgan import load_dcgan
 from tools.generate_faces import main as generate_faces
-from utils.assets import ensure_asset
+from assets import ensure_asset
 from utils.checkpoint import CheckpointError
 from utils.config import load_config
 
@@ -48,7 +49,7 @@ def test_face_depends_only_on_seed_and_index(faces, weights):
     assert (batch[0].float() - batch[1].float()).abs().mean() > 10  # different index, different face
     other_seed = GeneratedFaces(weights, count=1000, seed=8).generate([10])[0]
     assert (other_seed.float() - batch[1].float()).abs().mean() > 10
-    assert torch.equal(faces[10], (batch[1].float() - 127.5) / 127.5)
+    assert torch.equal(faces[10], batch[1])
 
 
 def test_faces_look_like_faces_in_rgb_order(faces):
@@ -86,17 +87,17 @@ def by_index(batches, epoch: int, start_batch: int = 0) -> dict[int, torch.Tenso
 
 
 def test_generator_batches_resume_shard_and_ignore_batch_size(weights):
-    batches = build_train_batches(generator_config(weights), "cpu")
+    batches = build_train_batches(generator_config(weights), ARCFACE, "cpu")
     assert batches.batches_per_epoch == 4
     full = by_index(batches, 1)
     assert list(full) == batches.plan(1).reshape(-1).tolist() and len(full) == 12
     tail = by_index(batches, 1, start_batch=3)
     assert list(tail) == list(full)[9:]
     assert all(torch.equal(tail[i], full[i]) for i in tail)
-    ranks = [by_index(build_train_batches(generator_config(weights), "cpu", r, 2), 1) for r in range(2)]
+    ranks = [by_index(build_train_batches(generator_config(weights), ARCFACE, "cpu", r, 2), 1) for r in range(2)]
     assert not set(ranks[0]) & set(ranks[1]) and len(ranks[0]) == len(ranks[1]) == 6
     assert set(ranks[0]) | set(ranks[1]) == set(full)
-    larger = by_index(build_train_batches(generator_config(weights, batch_size=4), "cpu"), 1)
+    larger = by_index(build_train_batches(generator_config(weights, batch_size=4), ARCFACE, "cpu"), 1)
     for shard in (ranks[0], ranks[1], larger):
         for i, image in shard.items():
             if i in full:

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from backbones.spec import InputSpec
 from data import build_train_batches
 from data.recordio import write_recordio
 from utils.config import load_config
 
 SIZE = 16
+SPEC = InputSpec(size=SIZE)  # a network with 16x16 inputs, (x - 127.5) / 127.5
 COUNT = 42  # 42 // (4 * 2) = 5 batches per rank with 2 ranks, 10 with 1: last partial batch dropped
 
 
@@ -41,8 +43,7 @@ def folder(tmp_path_factory):
 
 
 def config(**fields):
-    base = {"data_source": "folder", "batch_size": 4, "image_size": SIZE, "num_workers": 0, "seed": 3,
-            "input_mean": 127.5, "input_std": 127.5}
+    base = {"data_source": "folder", "batch_size": 4, "num_workers": 0, "seed": 3}
     return load_config(None, [f"{k}={v}" for k, v in {**base, **fields}.items()])
 
 
@@ -63,25 +64,25 @@ def run(batches, epoch: int, start_batch: int = 0) -> list[tuple[int, bool]]:
 
 
 def test_epoch_order_is_deterministic_and_follows_the_plan(folder):
-    batches = build_train_batches(config(data_path=str(folder)), "cpu")
+    batches = build_train_batches(config(data_path=str(folder)), SPEC, "cpu")
     assert batches.batches_per_epoch == COUNT // 4
     first = run(batches, 0)
-    again = run(build_train_batches(config(data_path=str(folder)), "cpu"), 0)
+    again = run(build_train_batches(config(data_path=str(folder)), SPEC, "cpu"), 0)
     assert first == again
     assert [i for i, _ in first] == batches.plan(0).reshape(-1).tolist()
     assert len({i for i, _ in first}) == 40
     other_epoch = run(batches, 1)
     assert [i for i, _ in other_epoch] != [i for i, _ in first]
-    other_seed = run(build_train_batches(config(data_path=str(folder), seed=4), "cpu"), 0)
+    other_seed = run(build_train_batches(config(data_path=str(folder), seed=4), SPEC, "cpu"), 0)
     assert [i for i, _ in other_seed] != [i for i, _ in first]
     flips = [m for _, m in first + other_epoch]
     assert 0.2 < np.mean(flips) < 0.8  # mirrored about half the time
-    unflipped = run(build_train_batches(config(data_path=str(folder), random_flip=False), "cpu"), 0)
+    unflipped = run(build_train_batches(config(data_path=str(folder), random_flip=False), SPEC, "cpu"), 0)
     assert not any(m for _, m in unflipped)
 
 
 def test_resume_equals_the_tail_of_the_epoch_with_workers(folder):
-    batches = build_train_batches(config(data_path=str(folder), num_workers=2), "cpu")
+    batches = build_train_batches(config(data_path=str(folder), num_workers=2), SPEC, "cpu")
     full = run(batches, 2)
     assert run(batches, 2, start_batch=3) == full[3 * 4:]
     assert run(batches, 2, start_batch=batches.batches_per_epoch) == []
@@ -91,8 +92,8 @@ def test_resume_equals_the_tail_of_the_epoch_with_workers(folder):
 
 
 def test_two_ranks_are_disjoint_cover_the_epoch_and_see_the_same_samples(folder):
-    single = run(build_train_batches(config(data_path=str(folder)), "cpu"), 5)
-    ranks = [build_train_batches(config(data_path=str(folder)), "cpu", rank=r, world_size=2) for r in range(2)]
+    single = run(build_train_batches(config(data_path=str(folder)), SPEC, "cpu"), 5)
+    ranks = [build_train_batches(config(data_path=str(folder)), SPEC, "cpu", rank=r, world_size=2) for r in range(2)]
     assert [r.batches_per_epoch for r in ranks] == [5, 5]
     seen = [run(r, 5) for r in ranks]
     ids = [{i for i, _ in s} for s in seen]
@@ -103,29 +104,44 @@ def test_two_ranks_are_disjoint_cover_the_epoch_and_see_the_same_samples(folder)
 
 def test_recordio_source_gives_the_same_batches_as_the_folder(folder, tmp_path):
     write_recordio(tmp_path / "train.rec", [(png(face(i)), float(i)) for i in range(COUNT)])
-    from_rec = run(build_train_batches(config(data_source="recordio", data_path=str(tmp_path)), "cpu"), 1)
-    from_folder = run(build_train_batches(config(data_path=str(folder)), "cpu"), 1)
+    from_rec = run(build_train_batches(config(data_source="recordio", data_path=str(tmp_path)), SPEC, "cpu"), 1)
+    from_folder = run(build_train_batches(config(data_path=str(folder)), SPEC, "cpu"), 1)
     assert from_rec == from_folder
 
 
-def test_normalisation_follows_the_config(folder):
-    batches = build_train_batches(config(data_path=str(folder), input_std=128.0, random_flip=False), "cpu")
+def test_normalisation_follows_the_model_spec(folder):
+    spec = InputSpec(size=SIZE, mean=(127.5, 127.0, 126.5), std=(128.0, 127.5, 64.0))
+    batches = build_train_batches(config(data_path=str(folder), random_flip=False), spec, "cpu")
     batch = next(batches.epoch(0))
     first = int(batches.plan(0)[0, 0])
-    expected = (torch.from_numpy(face(first)).permute(2, 0, 1).float() - 127.5) / 128.0
+    pixels = torch.from_numpy(face(first)).permute(2, 0, 1).float()
+    expected = (pixels - torch.tensor(spec.mean).view(3, 1, 1)) / torch.tensor(spec.std).view(3, 1, 1)
     assert torch.equal(batch[0], expected)
+    bgr = build_train_batches(config(data_path=str(folder), random_flip=False), InputSpec(size=SIZE, channels="BGR"),
+                              "cpu")
+    assert torch.equal(next(bgr.epoch(0))[0], ((pixels - 127.5) / 127.5).flip(0))
+
+
+def test_calibration_batches_are_the_same_on_every_rank(folder):
+    single = build_train_batches(config(data_path=str(folder)), SPEC, "cpu")
+    ranks = [build_train_batches(config(data_path=str(folder)), SPEC, "cpu", rank=r, world_size=2) for r in range(2)]
+    expected = list(single.epoch(0))
+    for rank in ranks:
+        got = list(rank.calibration())
+        assert len(got) == len(expected) == 10 and all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert not torch.equal(next(ranks[0].epoch(0)), next(ranks[1].epoch(0)))  # training batches are sharded
 
 
 def test_configuration_errors(folder, tmp_path):
     with pytest.raises(ValueError, match="needs data_path"):
-        build_train_batches(config(), "cpu")
+        build_train_batches(config(), SPEC, "cpu")
     with pytest.raises(ValueError, match="unknown data_source 'lmdb'"):
-        build_train_batches(config(data_source="lmdb", data_path=str(folder)), "cpu")
+        build_train_batches(config(data_source="lmdb", data_path=str(folder)), SPEC, "cpu")
     with pytest.raises(ValueError, match="42 training samples do not fill one batch of 32 on each of 2"):
-        build_train_batches(config(data_path=str(folder), batch_size=32), "cpu", rank=1, world_size=2)
+        build_train_batches(config(data_path=str(folder), batch_size=32), SPEC, "cpu", rank=1, world_size=2)
     with pytest.raises(ValueError, match="index file .*train.idx not found"):
         (tmp_path / "train.rec").write_bytes(b"")
-        build_train_batches(config(data_source="recordio", data_path=str(tmp_path)), "cpu")
+        build_train_batches(config(data_source="recordio", data_path=str(tmp_path)), SPEC, "cpu")
 
 
 FORK_AFTER_OPENCV = """
@@ -134,8 +150,9 @@ from data import build_train_batches
 from utils.config import load_config
 cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (900, 900), interpolation=cv2.INTER_AREA)  # OpenCV pool starts
 time.sleep(0.5)  # and its threads fall asleep before the DataLoader workers fork
-cfg = load_config(None, ["data_source=folder", "data_path=%s", "batch_size=4", "num_workers=2", "image_size=16"])
-print(sum(len(batch) for batch in build_train_batches(cfg, "cpu").epoch(0)))
+from backbones.spec import InputSpec
+cfg = load_config(None, ["data_source=folder", "data_path=%s", "batch_size=4", "num_workers=2"])
+print(sum(len(batch) for batch in build_train_batches(cfg, InputSpec(size=16), "cpu").epoch(0)))
 """
 
 

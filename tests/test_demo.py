@@ -16,8 +16,7 @@ def _tiny_config(tmp_path: Path, name: str) -> Path:
     path.write_text(
         f'_base_ = "{REPO / "config" / name}.py"\n'
         f'output = "{tmp_path / name}"\n'
-        "num_steps = 3\nobserver_steps = 1\nbatch_size = 4\nsave_every = 100\n"
-        "demo_holdout_count = 8\neval_batch_size = 8\n")
+        "num_steps = 3\ncalibration_batches = 1\nbatch_size = 4\nsave_every = 100\neval_batch_size = 8\n")
     return path
 
 
@@ -26,10 +25,10 @@ def test_demo_pipeline_writes_a_sane_report(tmp_path: Path) -> None:
     for config in configs:
         assert train_quantization.main([str(config)]) == 0
     out = tmp_path / "report"
-    assert demo_report.main([*map(str, configs), "--out", str(out)]) == 0
+    assert demo_report.main([*map(str, configs), "--out", str(out), "--holdout-count", "8"]) == 0
 
     results = json.loads((out / "report.json").read_text())
-    assert [r["bits"] for r in results] == ["W8A8", "W4A4 mixed"]
+    assert [r["bits"] for r in results] == ["W8A8", "W4A4+mixed"]
     for r in results:
         assert math.isclose(r["teacher_mb"], 5.171968, rel_tol=1e-3)  # 1.29 M float parameters
         for kind in ("ptq", "distilled"):
@@ -44,5 +43,5 @@ def test_demo_pipeline_writes_a_sane_report(tmp_path: Path) -> None:
     w8a8 = results[0]["distilled"]["real"]
     assert w8a8["cosine_mean"] > 0.8  # 8-bit students stay close to the teacher even untrained
     table = (out / "report.md").read_text()
-    assert "calibration only" in table and "distilled (QuantFace)" in table and "W4A4 mixed" in table
+    assert "calibration only" in table and "distilled (QuantFace)" in table and "W4A4+mixed" in table
     assert (out / "report.png").stat().st_size > 10_000

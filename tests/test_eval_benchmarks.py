@@ -11,7 +11,7 @@ import torch
 
 import eval_benchmarks
 from backbones import get_model
-from eval.report import checkpoint_labels, markdown_table
+from eval.report import benchmark_table, checkpoint_labels
 from eval.verification import write_bin
 from quant import QuantConfig, calibrate, quantize_model, save_quantized
 from test_eval_ijb import build_mini_ijb
@@ -25,12 +25,12 @@ TINY_MBF = {"num_features": 64, "blocks": [1, 1, 1, 1], "scale": 1}
 def _checkpoints(folder: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model = get_model("mbf", **TINY_MBF).eval()
-    meta = {"network": "mbf", "network_kwargs": TINY_MBF, "input_mean": 127.5, "input_std": 128.0}
+    meta = {"network": "mbf", "network_kwargs": TINY_MBF}
     float_path = save_checkpoint(folder / "teacher" / "model.pt", model.state_dict(), meta)
     student = quantize_model(model, QuantConfig(weight_bits=8, act_bits=8))
     calibrate(student, [torch.randn(4, 3, 112, 112)])
     quant_path = save_quantized(folder / "student" / "model.pt", student, "mbf", TINY_MBF, QuantConfig(8, 8),
-                                meta={"input_mean": 127.5, "input_std": 128.0})
+                                meta={"input_spec": model.input_spec.to_dict()})
     return float_path, quant_path
 
 
@@ -51,7 +51,7 @@ def test_cli_writes_json_table_and_roc(tmp_path: Path) -> None:
     teacher, student = doc["checkpoints"]
     assert (teacher["label"], teacher["bits"], student["label"], student["bits"]) == \
         ("teacher/model", "FP32", "student/model", "W8A8")
-    assert teacher["input_std"] == 128.0 and student["size_mb"] < 0.5 * teacher["size_mb"]
+    assert teacher["input_spec"]["std"] == [127.5] * 3 and student["size_mb"] < 0.5 * teacher["size_mb"]
     for entry in (teacher, student):
         lfw = entry["verification"]["lfw"]
         assert lfw["pairs"] == 40 and 0.0 <= lfw["accuracy"] <= 1.0 and len(lfw["fold_accuracy"]) == 10
@@ -94,7 +94,7 @@ def test_table_layout_and_labels() -> None:
                                                                                 "cfp_ff": {"accuracy": 0.5}},
                 "ijb": {"IJBB": {"tar_at_far": {"1e-04": 0.9421}}}},
                {"label": "b", "bits": "W4A4+mixed", "size_mb": 33.0, "verification": {}, "ijb": {}}]
-    lines = markdown_table(entries).splitlines()
+    lines = benchmark_table(entries).splitlines()
     assert lines[0] == ("| Model | Bits | Size (MB) | LFW | CFP-FP | AgeDB-30 | CALFW | CPLFW | cfp_ff | "
                         "IJB-B (TAR@FAR=1e-04) | IJB-C (TAR@FAR=1e-04) |")
     assert lines[2] == "| a | FP32 | 261.20 | 99.83 | - | - | - | - | 50.00 | 94.21 | - |"
@@ -115,7 +115,9 @@ def test_bare_arcface_state_dict_with_network(tmp_path: Path, capsys: pytest.Cap
                                  "--targets", "cfp_fp", "--device", "cpu", "--out", str(tmp_path / "out")])
     assert code == 0
     entry = json.loads((tmp_path / "out" / "results.json").read_text())["checkpoints"][0]
-    assert (entry["label"], entry["network"], entry["bits"], entry["input_std"]) == ("backbone", "mbf", "FP32", 127.5)
+    assert (entry["label"], entry["network"], entry["bits"]) == ("backbone", "mbf", "FP32")
+    assert entry["input_spec"] == {"size": 112, "mean": [127.5] * 3, "std": [127.5] * 3, "channels": "RGB",
+                                   "alignment": "arcface_112"}
     cfp = entry["verification"]["cfp_fp"]
     assert cfp["pairs"] == 10 and cfp["val"] is None  # folds of one pair: VAL undefined, accuracy still reported
     assert "VAL undefined" in capsys.readouterr().out

@@ -9,9 +9,10 @@ import pytest
 import torch
 from scipy import interpolate
 
+from backbones.spec import InputSpec
 from eval.embed import embed_batches
 from eval.verification import _threshold_at_far, evaluate, load_bin, verify, write_bin
-from utils.realfaces import aligned_real_faces
+from data.realfaces import aligned_real_faces
 
 
 
@@ -22,6 +23,7 @@ def tiny_net() -> torch.nn.Module:
                               torch.nn.Flatten(), torch.nn.Linear(128, 32), torch.nn.BatchNorm1d(32))
     net.train()
     net(torch.randn(8, 3, 112, 112))  # non-trivial BatchNorm running statistics
+    net.input_spec = InputSpec(mean=(127.5,) * 3, std=(128.0,) * 3)  # as backbones.get_model attaches it
     return net
 
 
@@ -141,7 +143,7 @@ def test_verify_end_to_end_on_real_faces(tmp_path: Path) -> None:
     path = write_bin(tmp_path / "real.bin", images, issame)
     model = tiny_net()
     mean, std = 127.5, 128.0
-    result = verify(model, path, "cpu", batch_size=16, mean=mean, std=std, workers=2)  # 40 images: 16 + 16 + 8
+    result = verify(model, path, "cpu", batch_size=16, workers=2)  # 40 images: 16 + 16 + 8
     assert model.training  # mode restored
 
     blobs, flags = load_bin(path)
@@ -151,7 +153,7 @@ def test_verify_end_to_end_on_real_faces(tmp_path: Path) -> None:
     with torch.no_grad():
         x = (torch.from_numpy(decoded).permute(0, 3, 1, 2).float() - mean) / std
         want = (model(x) + model(torch.flip(x, dims=[3]))).numpy()
-    got = embed_batches(model, decoded, "cpu", batch_size=13, mean=mean, std=std)
+    got = embed_batches(model, decoded, "cpu", batch_size=13)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     normalised = want / np.linalg.norm(want, axis=1, keepdims=True)
     expected = evaluate(normalised, flags)

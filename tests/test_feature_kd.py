@@ -8,7 +8,7 @@ import torch
 
 import quant
 from backbones import get_model
-from utils.feature_kd import FeatureDistillation, match_modules
+from distill.features import FeatureDistillation, match_modules
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BLOCKS = ["layers.?", "conv_sep"]

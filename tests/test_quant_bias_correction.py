@@ -47,7 +47,7 @@ def qcfg(**fields) -> quant.QuantConfig:
 
 def test_corrected_layers_reproduce_the_float_mean_outputs(teacher):
     calibration = batches(0)
-    student = quant.post_training_quantize(teacher, qcfg(bias_correction=True), calibration)
+    student = quant.post_training_quantize(teacher, qcfg(bias_correction=True), calibration).student
     names = correctable_layers(student)
     assert len(names) > 20  # every conv of mbf has a bias once its BatchNorm is folded
     images = torch.cat(calibration)
@@ -55,7 +55,7 @@ def test_corrected_layers_reproduce_the_float_mean_outputs(teacher):
     folded = quant.quantize_model(teacher, quant.QuantConfig(weight_bits=32, act_bits=32, bn_mode="fold"))
     float_means = channel_means(folded, names, images)
     corrected = channel_means(student, names, images)
-    uncorrected = channel_means(quant.post_training_quantize(teacher, qcfg(), calibration), names, images)
+    uncorrected = channel_means(quant.post_training_quantize(teacher, qcfg(), calibration).student, names, images)
 
     def worst(means: dict[str, torch.Tensor]) -> float:  # largest shift, relative to the layer's largest mean
         return max(float((means[n] - float_means[n]).abs().max() / (float_means[n].abs().max() + 1e-3))
@@ -72,7 +72,7 @@ def test_correction_brings_unseen_embeddings_closer_to_the_teacher(teacher):
         target = teacher(unseen)
     cosines = {}
     for corrected in (False, True):
-        student = quant.post_training_quantize(teacher, qcfg(bias_correction=corrected), calibration)
+        student = quant.post_training_quantize(teacher, qcfg(bias_correction=corrected), calibration).student
         with torch.no_grad():
             cosines[corrected] = float(F.cosine_similarity(student(unseen), target).mean())
     assert cosines[True] > cosines[False], cosines
@@ -80,14 +80,23 @@ def test_correction_brings_unseen_embeddings_closer_to_the_teacher(teacher):
 
 def test_post_training_quantize_leaves_the_model_alone_and_freezes_ranges(teacher):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    student = quant.post_training_quantize(teacher, qcfg(bias_correction=True, equalize=True), batches(0))
+    result = quant.post_training_quantize(teacher, qcfg(bias_correction=True, equalize=True), batches(0))
+    student = result.student
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert all(not q.observer_enabled and q.calibrated for _, q in quant.quantizers(student))
+    images = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():  # the equalised reference: another model, the same function
+        assert result.reference is not teacher
+        assert torch.allclose(result.reference.eval()(images), teacher.eval()(images), atol=1e-4, rtol=1e-4)
+    plain = quant.post_training_quantize(teacher, qcfg(), batches(0), calibration_batches=0)
+    assert plain.reference is teacher and all(q.observer_enabled for _, q in quant.quantizers(plain.student))
     with pytest.raises(ValueError, match="got no batches"):
         quant.post_training_quantize(teacher, qcfg(), [])
+    with pytest.raises(ValueError, match="bias_correction needs calibrated ranges"):
+        quant.post_training_quantize(teacher, qcfg(bias_correction=True), batches(0), calibration_batches=0)
 
 
 def test_reference_of_another_architecture_is_an_error(teacher):
-    student = quant.post_training_quantize(teacher, qcfg(), batches(0))
+    student = quant.post_training_quantize(teacher, qcfg(), batches(0)).student
     with pytest.raises(ValueError, match="the float reference has no module"):
         quant.correct_biases(student, get_model("r18", num_features=64), torch.randn(2, 3, 112, 112))

@@ -37,9 +37,9 @@ def trained_student(qcfg: QuantConfig) -> torch.nn.Module:
 ], ids=["deploy-w8a8", "quantface-lsq-fold-w4a4", "deploy-percentile-frozen-mixed"])
 def test_save_then_load_gives_identical_outputs(tmp_path: Path, qcfg: QuantConfig) -> None:
     student = trained_student(qcfg)
-    path = save_quantized(tmp_path / "student.pt", student, "r18", KWARGS, qcfg, meta={"input_std": 127.5})
+    path = save_quantized(tmp_path / "student.pt", student, "r18", KWARGS, qcfg, meta={"teacher": "t.pt"})
     state, meta = read_checkpoint(path)
-    assert meta["network"] == "r18" and meta["network_kwargs"] == KWARGS and meta["input_std"] == 127.5
+    assert meta["network"] == "r18" and meta["network_kwargs"] == KWARGS and meta["teacher"] == "t.pt"
     assert meta["quant"] == qcfg.to_dict()
     loaded = load_quantized(path).eval()
     assert all(not q.observer_enabled and q.calibrated for _, q in quantizers(loaded))

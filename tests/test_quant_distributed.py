@@ -10,7 +10,7 @@ from torch import nn
 
 from quant import QuantConfig, freeze_observers, quantize_model, quantizers, sync_observers
 from quant.quantizer import qparams_from_range
-from utils.ops import Add
+from backbones.layers import Add
 
 WORLD = 2
 

@@ -11,7 +11,7 @@ from quant import (FakeQuantizer, FrozenBatchNorm2d, QuantConfig, QuantConfigErr
 from quant.bn import fold_batchnorms
 from quant.graph import trace
 from utils.config import load_config
-from utils.ops import Add, Mul
+from backbones.layers import Add, Mul
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,8 +159,13 @@ def test_config_from_project_config_and_validation() -> None:
     qcfg = QuantConfig.from_config(cfg)
     assert (qcfg.weight_bits, qcfg.act_bits, qcfg.mode, qcfg.act_observer, qcfg.bn_mode) == (4, 6, "quantface",
                                                                                               "ema", "frozen")
-    assert qcfg.layer_bits == {"fc": [8, 8]} and not qcfg.weight_is_symmetric
+    assert qcfg.layer_bits == {"fc": [8, 8]} and qcfg.weight_symmetric is False  # the paper's asymmetric weights
     assert QuantConfig.from_dict(qcfg.to_dict()) == qcfg
+    assert QuantConfig().weight_symmetric is True
+    with pytest.raises(QuantConfigError, match="weight_symmetric=True cannot apply with quant_mode='quantface'"):
+        QuantConfig(mode="quantface", weight_symmetric=True)
+    with pytest.raises(QuantizeError, match="use quant.post_training_quantize"):
+        quantize_model(get_model("mbf", num_features=32), QuantConfig(equalize=True))
     with pytest.raises(QuantConfigError, match="weight_bits=9 is out of range"):
         QuantConfig(weight_bits=9)
     with pytest.raises(QuantConfigError, match="did you mean 'minmax'"):

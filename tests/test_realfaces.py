@@ -5,9 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
+from assets import realface_records
+from backbones.spec import InputSpec
 from data.align import ARCFACE_TEMPLATE, similarity_transform
-from utils.assets import realface_records, sha256_file
-from utils.realfaces import aligned_real_faces, read_rgb, real_faces
+from data.images import read_rgb
+from data.realfaces import aligned_real_faces, real_faces
+from utils.fileio import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def test_aligned_crops_are_rgb_uint8_in_list_order(faces):
     assert names == [f.name for f in faces] and identities == [f.identity for f in faces]
     tom = names.index("Tom_Hanks_54745")  # already aligned: its landmarks are the template, warp is identity
     np.testing.assert_array_equal(images[tom], read_rgb(faces[tom].photo_path))
-    small, _, _ = aligned_real_faces(size=96)
+    small, _, _ = aligned_real_faces(spec=InputSpec(size=96))
     assert small.shape[1:] == (96, 96, 3)
 
 

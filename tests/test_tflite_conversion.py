@@ -13,11 +13,12 @@ from torch import nn
 from ai_edge_litert.interpreter import Interpreter
 
 from backbones import get_model
-from utils.assets import ensure_asset
-from utils.checkpoint import load_float_model, read_checkpoint
-from utils.ops import Add
-from utils.realfaces import aligned_real_faces
-from utils.tflite_import import TFLiteImportError, TFLiteGraph, convert_tflite
+from assets import ensure_asset
+from backbones import load_float_model
+from utils.checkpoint import read_checkpoint
+from backbones.layers import Add
+from data.realfaces import aligned_real_faces
+from backbones.tflite import TFLiteImportError, TFLiteGraph, convert_tflite
 
 TOLERANCE = 1e-4
 
@@ -116,7 +117,8 @@ def test_teacher_asset_is_a_loadable_project_checkpoint(model):
     path = ensure_asset("mobilefacenet_tflite")
     _, meta = read_checkpoint(path)
     assert meta["network"] == "mfn_tflite" and meta["network_kwargs"] == {}
-    assert (meta["input_mean"], meta["input_std"], meta["embedding_size"]) == (127.5, 128.0, 192)
+    assert meta["input_spec"] == {"size": 112, "mean": [127.5] * 3, "std": [128.0] * 3, "channels": "RGB",
+                                  "alignment": "arcface_112"} and meta["embedding_size"] == 192
     loaded = load_float_model(path).eval()
     x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.kd_loss import DistillationLoss
+from distill.losses import DistillationLoss
 from utils.logging import MetricsLogger, read_metrics
-from utils.schedule import lr_lambda, milestone_steps, scaled_lr, total_steps
-from utils.train_state import (capture_rng_state, list_checkpoints, load_training_state, restore_rng_state,
+from distill.schedule import lr_lambda, milestone_steps, scaled_lr, total_steps
+from distill.train_state import (capture_rng_state, list_checkpoints, load_training_state, restore_rng_state,
                                rng_isolated, save_training_state)
 
 
@@ -165,7 +165,7 @@ def test_metrics_file_is_json_lines_and_resume_drops_later_steps(tmp_path):
 def test_weight_decay_skips_norms_biases_and_quantizer_scales():
     import quant
     from backbones import get_model
-    from train_quantization import param_groups
+    from distill.setup import param_groups
 
     model = quant.quantize_model(get_model("mbf", num_features=32, scale=1),
                                  quant.QuantConfig(weight_observer="lsq", act_observer="lsq"))

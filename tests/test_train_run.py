@@ -19,14 +19,16 @@ import pytest
 import torch
 
 import quant
+import distill
 import train_quantization as tq
-from backbones import get_model
+from backbones import get_model, input_spec
 from data import build_train_batches
 from eval.verification import write_bin
 from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.config import load_config
 from utils.distributed import DistEnv
 from utils.logging import read_metrics
-from utils.train_state import list_checkpoints, load_training_state
+from distill.train_state import list_checkpoints, load_training_state
 
 ROOT = Path(__file__).resolve().parent.parent
 MBF = {"num_features": 64, "scale": 1}
@@ -80,8 +82,8 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 
 def run_inprocess(config: Path, *overrides: str):
     """``train()`` as the script runs it (one process), returning (student, summary)."""
-    cfg = tq.load_config(config, overrides)
-    return tq.train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
+    cfg = load_config(config, overrides)
+    return distill.train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
 
 
 def losses(output: Path) -> list[float]:
@@ -110,10 +112,10 @@ def test_r18_w4a4_distillation_lowers_the_loss_and_saves_a_loadable_student(asse
     assert curve[-1] < 0.5 * curve[0], curve  # the same 2 faces every step: the student approaches the teacher
     assert summary["bits"] == "W4A4" and summary["steps"] == 6 and summary["compression"] > 7
     assert summary["final_loss"] == pytest.approx(curve[-1])
-    assert_same_outputs(student, out / tq.FINAL_STUDENT)
-    _, meta = read_checkpoint(out / tq.FINAL_STUDENT)
+    assert_same_outputs(student, out / distill.FINAL_STUDENT)
+    _, meta = read_checkpoint(out / distill.FINAL_STUDENT)
     assert meta["network"] == "r18" and meta["network_kwargs"]["num_features"] == 64
-    assert meta["input_mean"] == 127.5 and meta["quant"]["weight_bits"] == 4
+    assert meta["input_spec"]["mean"] == [127.5] * 3 and meta["quant"]["weight_bits"] == 4
     for name in ("config.py", "config.json", "summary.json", "metrics.jsonl"):
         assert (out / name).is_file(), name
     ckpt = load_training_state(list_checkpoints(out)[-1][1])  # weights_only=True inside
@@ -137,8 +139,8 @@ def test_mbf_student_of_an_r18_teacher_learns_through_a_projection_and_is_verifi
     assert verified[-1]["eval"] == summary["eval"] and summary["eval"]["lfw"]["pairs"] == 10
     assert 0.0 <= summary["eval"]["lfw"]["accuracy"] <= 1.0
     assert summary["student"] == "mbf" and summary["teacher_network"] == "r18"
-    assert_same_outputs(student, out / tq.FINAL_STUDENT)
-    state, meta = read_checkpoint(out / tq.FINAL_STUDENT)
+    assert_same_outputs(student, out / distill.FINAL_STUDENT)
+    state, meta = read_checkpoint(out / distill.FINAL_STUDENT)
     assert meta["network"] == "mbf" and meta["network_kwargs"] == {"num_features": 32, "scale": 1}
     assert not any("projection" in key for key in state)  # the projection is not part of the student
     ckpt = load_training_state(list_checkpoints(out)[-1][1])
@@ -150,6 +152,7 @@ def test_feature_distillation_of_an_equalised_bias_corrected_w4a4_student_lowers
     config = write_config(tmp_path / "cfg.py", network="mbf", network_kwargs=MBF, embedding_size=64,
                           teacher=str(assets["mbf"]), data_path=str(assets["faces2"]), batch_size=2, num_steps=6,
                           lr=0.01, weight_bits=4, act_bits=4, equalize=True, bias_correction=True,
+                          calibration_batches=2, observer_steps=0,
                           feature_layers=["layers.?", "conv_sep"],
                           feature_weight=0.5, output=str(out))
     student, _ = run_inprocess(config)
@@ -157,8 +160,8 @@ def test_feature_distillation_of_an_equalised_bias_corrected_w4a4_student_lowers
     assert len(records) == 6 and all("feature_loss" in r for r in records)
     assert all(r["loss"] > 0.5 * r["feature_loss"] for r in records)  # the total holds the weighted feature term
     assert records[-1]["feature_loss"] < 0.8 * records[0]["feature_loss"], records
-    assert_same_outputs(student, out / tq.FINAL_STUDENT)
-    assert read_checkpoint(out / tq.FINAL_STUDENT)[1]["quant"]["bias_correction"] is True
+    assert_same_outputs(student, out / distill.FINAL_STUDENT)
+    assert read_checkpoint(out / distill.FINAL_STUDENT)[1]["quant"]["bias_correction"] is True
 
 
 # ---- clear failures ---------------------------------------------------------------------------
@@ -215,7 +218,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(asset
     assert 1 < bad_step <= 6 and saved[-1] == bad_step - 1
     good = load_training_state(list_checkpoints(out)[-1][1])
     assert all(torch.isfinite(v).all() for v in good["student"].values() if v.is_floating_point())
-    assert not (out / tq.FINAL_STUDENT).exists()
+    assert not (out / distill.FINAL_STUDENT).exists()
 
 
 # ---- resume after a real kill, and DDP ----------------------------------------------------------
@@ -251,7 +254,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(assets, 
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
     assert victim.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed" / tq.FINAL_STUDENT).exists()
+    assert not (tmp_path / "killed" / distill.FINAL_STUDENT).exists()
     resumed_from = list_checkpoints(tmp_path / "killed")[-1][0]
     assert 1 <= resumed_from < 4
 
@@ -259,14 +262,14 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(assets, 
     resumed = _finish(_train_process(killed, "resume=true"))
     _finish(reference)
     assert f"at step {resumed_from}" in resumed
-    final_straight, _ = read_checkpoint(tmp_path / "straight" / tq.FINAL_STUDENT)
-    final_resumed, _ = read_checkpoint(tmp_path / "killed" / tq.FINAL_STUDENT)
+    final_straight, _ = read_checkpoint(tmp_path / "straight" / distill.FINAL_STUDENT)
+    final_resumed, _ = read_checkpoint(tmp_path / "killed" / distill.FINAL_STUDENT)
     assert final_straight.keys() == final_resumed.keys()
     for key in final_straight:
         assert torch.equal(final_straight[key], final_resumed[key]), key
     assert [r["step"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]
     assert len(list_checkpoints(tmp_path / "killed")) == 2  # keep_last
-    with pytest.raises(tq.TrainingError, match="already holds checkpoints"):
+    with pytest.raises(distill.TrainingError, match="already holds checkpoints"):
         run_inprocess(killed)
 
 
@@ -281,11 +284,11 @@ def test_two_process_gloo_run_ends_with_identical_weights_and_ranges_on_both_ran
     config = write_config(tmp_path / "ddp.py", network="mbf", network_kwargs={"scale": 1}, embedding_size=64,
                           teacher=str(assets["mbf"]), data_path=str(assets["faces8"]), batch_size=2, num_steps=3,
                           lr=0.05, observer_steps=3, output=str(tmp_path / "ddp"))
-    cfg = tq.load_config(config)
-    shards = [build_train_batches(cfg, "cpu", rank, 2).plan(0) for rank in (0, 1)]
+    cfg = load_config(config)
+    shards = [build_train_batches(cfg, input_spec("mbf"), "cpu", rank, 2).plan(0) for rank in (0, 1)]
     assert not set(shards[0].flatten().tolist()) & set(shards[1].flatten().tolist())  # ranks see different faces
 
-    env = {**_script_env(), tq.RANK_STATE_ENV: str(tmp_path / "ranks")}
+    env = {**_script_env(), distill.RANK_STATE_ENV: str(tmp_path / "ranks")}
     launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                f"--master_port={_free_port()}", str(ROOT / "train_quantization.py"), str(config)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -296,6 +299,6 @@ def test_two_process_gloo_run_ends_with_identical_weights_and_ranges_on_both_ran
     assert ranges and all(torch.isfinite(rank0[k]).all() for k in ranges)
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
-    final, meta = read_checkpoint(tmp_path / "ddp" / tq.FINAL_STUDENT)  # written by rank 0 only
+    final, meta = read_checkpoint(tmp_path / "ddp" / distill.FINAL_STUDENT)  # written by rank 0 only
     assert final.keys() == rank0.keys() and all(torch.equal(final[k], rank0[k]) for k in rank0)
     assert (tmp_path / "ddp" / "summary.json").is_file()

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from backbones import get_model
+from backbones import get_model, input_spec
 from data import build_train_batches
 from data.recordio import write_recordio
 from tools.generate_faces import main as generate_faces
@@ -33,8 +33,8 @@ def _sync(device: torch.device) -> None:
 
 
 def source_rate(cfg, device: torch.device) -> float:
-    """Images/s over one epoch of ``build_train_batches`` (after the first batch)."""
-    batches = build_train_batches(cfg, device)
+    """Images/s over one epoch of ``build_train_batches`` for the config's network (after the first batch)."""
+    batches = build_train_batches(cfg, input_spec(cfg.network), device)
     iterator = batches.epoch(0)
     first = next(iterator)
     _sync(device)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         jpeg = [cv2.imencode(".jpg", cv2.imread(str(p)), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
                 for p in sorted(folder.glob("*.png"))]
         write_recordio(Path(tmp) / "train.rec", [(data, 0.0) for data in jpeg])
-        common = [f"batch_size={args.batch_size}", f"num_workers={args.workers}", f"generator_weights={args.weights}",
+        common = [f"network={args.network}", f"batch_size={args.batch_size}", f"num_workers={args.workers}", f"generator_weights={args.weights}",
                   f"samples_per_epoch={args.count}"]
         rates = {
             f"folder (PNG, {args.workers} workers)": source_rate(
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 load_config(None, common + ["data_source=recordio", f"data_path={tmp}"]), device),
             f"generator (on {device})": source_rate(load_config(None, common + ["data_source=generator"]), device),
         }
-    network = model_rate(args.network, args.batch_size, defaults.image_size, device)
+    network = model_rate(args.network, args.batch_size, input_spec(args.network).size, device)
     print(f"\n{args.network} forward+backward+step, batch {args.batch_size} on {device}: {network:8.1f} images/s")
     print(f"{'source':40s} {'images/s':>10s} {'ratio to ' + args.network:>14s}")
     for name, rate in rates.items():

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-import train_quantization
 from backbones import get_model
+from distill import train
 from tools.bench_quant_step import bench_network
 from utils.checkpoint import save_checkpoint
 from utils.config import load_config
@@ -49,7 +49,7 @@ def loop_throughput(network: str, args: argparse.Namespace, work: Path) -> float
                  f"save_every={args.steps}", f"quant_mode={args.mode}", "weight_bits=8", "act_bits=8",
                  f"device={args.device}", f"output={work / network}"]
     cfg = load_config(None, overrides)
-    train_quantization.train(cfg, init_distributed(cfg.device))
+    train(cfg, init_distributed(cfg.device))
     rates = [r["images_per_s"] for r in read_metrics(work / network / "metrics.jsonl")
              if "images_per_s" in r and r["step"] > args.observer_steps + 1]
     return statistics.median(rates)
@@ -75,8 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         for name in args.networks:
             images_per_s = loop_throughput(name, args, Path(tmp))
-            ratio = bench_network(name, args.batch_size, args.ratio_steps, 1, [args.mode], device)
-            rows.append((name, images_per_s, ratio[f"ratio {args.mode} frozen"], ratio[f"ratio {args.mode} observing"]))
+            times = bench_network(name, args.batch_size, args.ratio_steps, 1, [args.mode], device)
+            clock = "wall" if device.type == "cuda" else "cpu"  # process CPU time: robust to other load
+            base = times["float"][clock]
+            rows.append((name, images_per_s, times[f"{args.mode} frozen"][clock] / base,
+                         times[f"{args.mode} observing"][clock] / base))
     print(f"\n{'network':<10} {'train img/s':>12} {'step ratio q/float':>20} {'(observing)':>12}")
     for name, images_per_s, frozen, observing in rows:
         print(f"{name:<10} {images_per_s:12.1f} {frozen:20.2f} {observing:12.2f}")

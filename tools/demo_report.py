@@ -3,10 +3,10 @@
     python -m tools.demo_report config/demo_mbf_w8a8.py [config/demo_mbf_w4a4.py ...] [--out DIR]
 
 For each config (after ``train_quantization.py`` has run it) this compares three models on the real
-photos of ``utils.realfaces`` (evaluation only, never trained on) and on held-out generated faces
-(seed ``demo_holdout_seed``, never trained on): the float teacher, the post-training-quantization
-baseline (the same quantizer, calibrated on the same generated faces, no distillation) and the
-distilled student (``<output>/student_final.pt``).  It prints one table and writes
+photos of ``data.realfaces`` (evaluation only, never trained on) and on held-out generated faces
+(``--holdout-seed``, never trained on): the float teacher, the post-training-quantization baseline
+(``quant.post_training_quantize`` on the batches the run calibrated on, no distillation: the very
+student training started from) and the distilled student (``<output>/student_final.pt``).  It prints one table and writes
 ``report.md``, ``report.json`` and ``report.png`` into ``--out`` (default: the first config's output).
 """
 from __future__ import annotations
@@ -21,42 +21,41 @@ import numpy as np
 import torch
 
 import quant
+from assets import ensure_asset
+from backbones import input_spec, load_float_model
+from backbones.spec import InputSpec
 from data import GeneratedFaces, build_train_batches
+from data.realfaces import aligned_real_faces
 from eval.agreement import compare_models
 from eval.embed import embed_batches
-from utils.assets import ensure_asset
-from utils.checkpoint import CheckpointError, load_float_model
+from eval.report import markdown_table
+from utils.checkpoint import CheckpointError
 from utils.config import Config, ConfigError, load_config
 from utils.distributed import resolve_device
-from utils.realfaces import aligned_real_faces
+
+HOLDOUT_SEED = 1000003   # generator seed of the held-out faces (training uses the config's seed)
+HOLDOUT_COUNT = 256
 
 
 def _embed(model: torch.nn.Module, images: np.ndarray, cfg: Config, device: torch.device, desc: str) -> np.ndarray:
     """Embeddings of uint8 HxWx3 RGB images without the flip test: the network's own output is compared."""
-    return embed_batches(model, images, device, cfg.eval_batch_size, flip=False, mean=cfg.input_mean,
-                         std=cfg.input_std, desc=desc)
+    return embed_batches(model, images, device, cfg.eval_batch_size, flip=False, desc=desc)
 
 
-def _holdout_faces(cfg: Config, device: torch.device) -> np.ndarray:
-    faces = GeneratedFaces(cfg.generator_weights, cfg.demo_holdout_count, seed=cfg.demo_holdout_seed,
-                           size=cfg.image_size, device=device)
-    return faces.generate(np.arange(cfg.demo_holdout_count)).permute(0, 2, 3, 1).cpu().numpy()
+def _holdout_faces(cfg: Config, spec: InputSpec, device: torch.device, seed: int, count: int) -> np.ndarray:
+    faces = GeneratedFaces(cfg.generator_weights, count, seed=seed, size=spec.size, device=device)
+    return faces.generate(np.arange(count)).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _ptq_baseline(teacher: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
-    """The student's quantizer on the teacher, calibrated on the faces the run observed first; no training."""
-    batches = build_train_batches(cfg, device).epoch(0)
+    """The student's quantizer on the teacher, calibrated on the batches the run calibrated on; no training."""
+    batches = build_train_batches(cfg, teacher.input_spec, device).calibration()
     return quant.post_training_quantize(teacher, quant.QuantConfig.from_config(cfg), batches,
-                                        max_batches=cfg.observer_steps).to(device)
-
-
-def _bits_label(cfg: Config) -> str:
-    label = f"W{cfg.weight_bits}A{cfg.act_bits}"
-    return label + " mixed" if cfg.layer_bits else label
+                                        cfg.calibration_batches).student.to(device)
 
 
 def evaluate_config(cfg: Config, device: torch.device, real: tuple[np.ndarray, list[str]],
-                    cache: dict[str, Any]) -> dict[str, Any]:
+                    cache: dict[str, Any], holdout: tuple[int, int]) -> dict[str, Any]:
     """Teacher, calibration-only baseline and distilled student of one demo run, on real and held-out faces."""
     student_path = Path(cfg.output) / "student_final.pt"
     if not student_path.is_file():
@@ -65,44 +64,45 @@ def evaluate_config(cfg: Config, device: torch.device, real: tuple[np.ndarray, l
     images, identities = real
     if cfg.teacher not in cache:
         teacher = load_float_model(cfg.teacher).to(device).eval()
-        holdout = _holdout_faces(cfg, device)
-        cache[cfg.teacher] = (teacher, holdout, _embed(teacher, images, cfg, device, "teacher real"),
-                              _embed(teacher, holdout, cfg, device, "teacher held-out"))
-    teacher, holdout, teacher_real, teacher_holdout = cache[cfg.teacher]
-    result: dict[str, Any] = {"config": cfg.config_file, "bits": _bits_label(cfg),
+        faces = _holdout_faces(cfg, teacher.input_spec, device, *holdout)
+        cache[cfg.teacher] = (teacher, faces, _embed(teacher, images, cfg, device, "teacher real"),
+                              _embed(teacher, faces, cfg, device, "teacher held-out"))
+    teacher, faces, teacher_real, teacher_holdout = cache[cfg.teacher]
+    result: dict[str, Any] = {"config": cfg.config_file, "bits": quant.QuantConfig.from_config(cfg).describe(),
                               "teacher_mb": quant.size_report(teacher)["fp32_mb"]}
     for kind, model in (("ptq", _ptq_baseline(teacher, cfg, device)),
                         ("distilled", quant.load_quantized(student_path, map_location=device))):
         result[kind] = {
             "size_mb": quant.size_report(model)["total_mb"],
             "real": compare_models(teacher_real, _embed(model, images, cfg, device, f"{kind} real"), identities),
-            "holdout": compare_models(teacher_holdout, _embed(model, holdout, cfg, device, f"{kind} held-out")),
+            "holdout": compare_models(teacher_holdout, _embed(model, faces, cfg, device, f"{kind} held-out")),
         }
     result["teacher_real_identity"] = result["distilled"]["real"]["teacher_identity"]
     return result
 
 
+COLUMNS = ["model", "bits", "size MB", "real cos mean", "real cos min", "pair-score r", "genuine", "impostor",
+           "held-out cos mean", "held-out cos min"]
+
+
 def _row(model: str, bits: str, size: float, real: dict[str, Any] | None, holdout: dict[str, Any] | None,
-         identity: dict[str, Any]) -> str:
+         identity: dict[str, Any]) -> list[str]:
     def f(d: dict[str, Any] | None, key: str) -> str:
         return "1.0000" if d is None else f"{d[key]:.4f}"
-    return (f"| {model} | {bits} | {size:.2f} | {f(real, 'cosine_mean')} | {f(real, 'cosine_min')} | "
-            f"{f(real, 'pair_score_correlation')} | {identity['genuine_mean']:.3f} | {identity['impostor_mean']:.3f} | "
-            f"{f(holdout, 'cosine_mean')} | {f(holdout, 'cosine_min')} |")
+    return [model, bits, f"{size:.2f}", f(real, "cosine_mean"), f(real, "cosine_min"),
+            f(real, "pair_score_correlation"), f"{identity['genuine_mean']:.3f}", f"{identity['impostor_mean']:.3f}",
+            f(holdout, "cosine_mean"), f(holdout, "cosine_min")]
 
 
-def markdown_table(results: list[dict[str, Any]]) -> str:
+def report_table(results: list[dict[str, Any]]) -> str:
     """One row for the teacher, then calibration-only and distilled rows per bit width."""
-    lines = ["| model | bits | size MB | real cos mean | real cos min | pair-score r | genuine | impostor | "
-             "held-out cos mean | held-out cos min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
     first = results[0]
-    lines.append(_row("teacher (float)", "FP32", first["teacher_mb"], None, None, first["teacher_real_identity"]))
+    rows = [_row("teacher (float)", "FP32", first["teacher_mb"], None, None, first["teacher_real_identity"])]
     for r in results:
         for kind, label in (("ptq", "calibration only"), ("distilled", "distilled (QuantFace)")):
-            lines.append(_row(label, r["bits"], r[kind]["size_mb"], r[kind]["real"], r[kind]["holdout"],
-                              r[kind]["real"]["student_identity"]))
-    return "\n".join(lines) + "\n"
+            rows.append(_row(label, r["bits"], r[kind]["size_mb"], r[kind]["real"], r[kind]["holdout"],
+                             r[kind]["real"]["student_identity"]))
+    return markdown_table(COLUMNS, rows, text_columns=len(COLUMNS))
 
 
 def bar_chart(results: list[dict[str, Any]], path: Path) -> Path:
@@ -135,22 +135,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", help="demo config files whose runs have finished")
     parser.add_argument("--out", default="", help="report folder (default: the first config's output)")
+    parser.add_argument("--holdout-seed", type=int, default=HOLDOUT_SEED, help="generator seed of the held-out faces")
+    parser.add_argument("--holdout-count", type=int, default=HOLDOUT_COUNT, help="number of held-out generated faces")
     args = parser.parse_args(argv)
     try:
         configs = [load_config(path) for path in args.configs]
         device = resolve_device(configs[0].device)
         ensure_asset("realfaces", configs[0].assets_dir)
-        images, identities, _ = aligned_real_faces(configs[0].assets_dir)
         cache: dict[str, Any] = {}
-        results = [evaluate_config(cfg, device, (images, identities), cache) for cfg in configs]
+        results = []
+        for cfg in configs:
+            images, identities, _ = aligned_real_faces(configs[0].assets_dir, input_spec(cfg.network))
+            results.append(evaluate_config(cfg, device, (images, identities), cache,
+                                           (args.holdout_seed, args.holdout_count)))
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out or configs[0].output)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(results)
+    table = report_table(results)
     header = (f"Student vs float teacher on {len(images)} real photos ({len(set(identities))} identities) and "
-              f"{configs[0].demo_holdout_count} held-out generated faces\n\n")
+              f"{args.holdout_count} held-out generated faces\n\n")
     (out / "report.md").write_text(header + table)
     (out / "report.json").write_text(json.dumps(results, indent=2))
     bar_chart(results, out / "report.png")

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from utils.assets import ASSETS, AssetError, assets_root, fetch_asset
+from assets import ASSETS, AssetError, assets_root, fetch_asset
 
 
 def main(argv: list[str] | None = None) -> int:

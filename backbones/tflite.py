@@ -17,14 +17,13 @@ import numpy as np
 import torch
 import tflite
 
-from backbones.mfn_tflite import ConvAct, mfn_tflite
-from utils.assets import sha256_file
+from backbones.layers import Add
+from backbones.mfn_tflite import INPUT_SPEC, ConvAct, mfn_tflite
 from utils.checkpoint import CheckpointError, load_state_strict, read_checkpoint, save_checkpoint
-from utils.ops import Add
+from utils.fileio import sha256_file
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: metadata records the model's input spec instead of input_mean / input_std
 NETWORK = "mfn_tflite"
-INPUT_MEAN, INPUT_STD = 127.5, 128.0
 _OP_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
 _NUMPY_TYPES = {tflite.TensorType.FLOAT32: np.float32, tflite.TensorType.FLOAT16: np.float16,
                 tflite.TensorType.INT8: np.int8, tflite.TensorType.UINT8: np.uint8,
@@ -204,7 +203,7 @@ def convert_tflite(tflite_path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def write_teacher_checkpoint(tflite_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """Convert ``tflite_path`` and save it as a project checkpoint (meta: network, normalisation, source)."""
     state = convert_tflite(tflite_path)
-    meta = {"network": NETWORK, "network_kwargs": {}, "input_mean": INPUT_MEAN, "input_std": INPUT_STD,
+    meta = {"network": NETWORK, "network_kwargs": {}, "input_spec": INPUT_SPEC.to_dict(),
             "embedding_size": int(state["features.conv.bias"].numel()),
             "source": Path(tflite_path).name, "source_sha256": sha256_file(tflite_path),
             "converter_version": CONVERTER_VERSION}

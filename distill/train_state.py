@@ -17,7 +17,8 @@ from typing import Any, Iterable, Iterator, TypeVar
 import numpy as np
 import torch
 
-from utils.checkpoint import CheckpointError, atomic_torch_save
+from utils.checkpoint import CheckpointError
+from utils.fileio import atomic_torch_save
 
 CHECKPOINT_DIR = "checkpoints"
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """Real face photos with 5-point landmarks, for sanity checks and evaluation only (never for training).
 
-The photos come from published package archives (``utils.assets``, asset ``realfaces``); the face list
-with landmarks and identities is ``data/realfaces.json``: obama (5 photos, two of them crops of one photo
+The photos come from published package archives (``assets``, asset ``realfaces``); the face list
+with landmarks and identities is ``assets/realfaces.json``: obama (5 photos, two of them crops of one photo
 and one a 32-bit PNG copy of another), biden, six people of a group photo (``t1_face0`` ...) and one
 already aligned 112x112 photo (``Tom_Hanks_54745``, identity ``tom_hanks``; its landmarks are the
 template, so aligning it is the identity warp and it goes through the same code as the others).
@@ -13,11 +13,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import cv2
 import numpy as np
 
+from assets import ensure_asset, realface_dest, realface_records
+from backbones.spec import ARCFACE, InputSpec
 from data.align import align_face
-from utils.assets import AssetError, ensure_asset, realface_dest, realface_records
+from data.images import read_rgb
 
 
 @dataclass(frozen=True)
@@ -33,24 +34,8 @@ class RealFace:
     pre_aligned: bool = False
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB (grey, 16-bit and alpha PNGs included)."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise AssetError(f"cannot decode image {path} (missing or not an image); fetch it again with "
-                         "`python -m tools.fetch_assets --only realfaces`")
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:  # composite over black so transparent pixels do not keep stray colours
-        alpha = image[..., 3:].astype(np.float32) / 255.0
-        image = (image[..., :3].astype(np.float32) * alpha).round().astype(np.uint8)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def real_faces(assets_dir: str | os.PathLike | None = None) -> list[RealFace]:
-    """Every face of ``data/realfaces.json`` with its photo in the asset cache (fetched if needed)."""
+    """Every face of ``assets/realfaces.json`` with its photo in the asset cache (fetched if needed)."""
     root = ensure_asset("realfaces", assets_dir).parent
     records = realface_records()
     faces_per_photo = Counter(r["path"] for r in records)
@@ -66,14 +51,14 @@ def real_faces(assets_dir: str | os.PathLike | None = None) -> list[RealFace]:
     return faces
 
 
-def aligned_real_faces(assets_dir: str | os.PathLike | None = None, size: int = 112
+def aligned_real_faces(assets_dir: str | os.PathLike | None = None, spec: InputSpec = ARCFACE
                        ) -> tuple[np.ndarray, list[str], list[str]]:
-    """``(images uint8 [N, size, size, 3] RGB, identities, names)``, aligned to the ArcFace template."""
+    """``(images uint8 [N, S, S, 3] RGB, identities, names)``, aligned as ``spec`` says (side S)."""
     faces = real_faces(assets_dir)
     photos: dict[Path, np.ndarray] = {}
     crops = []
     for face in faces:
         if face.photo_path not in photos:
             photos[face.photo_path] = read_rgb(face.photo_path)
-        crops.append(align_face(photos[face.photo_path], face.landmarks, size))
+        crops.append(align_face(photos[face.photo_path], face.landmarks, spec.size))
     return np.stack(crops), [f.identity for f in faces], [f.name for f in faces]

@@ -1,0 +1,56 @@
+"""The backbone registry: name -> (constructor, declared input spec)."""
+from __future__ import annotations
+
+import difflib
+from functools import partial
+from typing import Any, Callable
+
+from torch import nn
+
+from backbones.iresnet import iresnet
+from backbones.mfn_tflite import INPUT_SPEC as MFN_TFLITE_SPEC
+from backbones.mfn_tflite import mfn_tflite
+from backbones.mobilefacenet import mobilefacenet, mobilefacenet_large
+from backbones.spec import ARCFACE, InputSpec
+from backbones.vargfacenet import vargfacenet
+
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], InputSpec]] = {
+    "r18": (partial(iresnet, "r18"), ARCFACE),
+    "r34": (partial(iresnet, "r34"), ARCFACE),
+    "r50": (partial(iresnet, "r50"), ARCFACE),
+    "r100": (partial(iresnet, "r100"), ARCFACE),
+    "r200": (partial(iresnet, "r200"), ARCFACE),
+    "mbf": (mobilefacenet, ARCFACE),
+    "mbf_large": (mobilefacenet_large, ARCFACE),
+    "vargfacenet": (vargfacenet, ARCFACE),
+    "mfn_tflite": (mfn_tflite, MFN_TFLITE_SPEC),
+}
+
+
+def available_models() -> list[str]:
+    """Names accepted by ``get_model``."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> tuple[Callable[..., nn.Module], InputSpec]:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown backbone '{name}'{hint} (available: {', '.join(available_models())})")
+    return _REGISTRY[name]
+
+
+def input_spec(name: str) -> InputSpec:
+    """The input backbone ``name`` expects (size, normalisation, channel order, alignment)."""
+    return _entry(name)[1]
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build backbone ``name`` with constructor keywords ``kwargs`` (e.g. ``num_features=512``); the model
+    carries its ``InputSpec`` as ``model.input_spec``."""
+    build, spec = _entry(name)
+    model = build(**kwargs)
+    model.input_spec = spec
+    return model
+
+

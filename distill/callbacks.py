@@ -1,0 +1,98 @@
+"""What runs after every training step: progress bar, metrics, verification and checkpoints.
+
+Rank 0 writes; every rank takes part in the collectives (the checkpoint gathers every rank's RNG state).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from torch import nn
+
+import quant
+from distill.setup import Run
+from distill.train_state import capture_rng_state, save_training_state
+from eval.verification import verify
+from utils.distributed import all_gather_objects
+from utils.logging import MetricsLogger, Throughput, progress_bar
+
+
+def verify_student(student: nn.Module, run: Run) -> dict[str, Any]:
+    """Verification on every .bin target, observers paused meanwhile (``verify`` restores the train mode)."""
+    quant.set_observers(student, False)
+    try:
+        return {name: verify(student, str(path), run.env.device, run.cfg.eval_batch_size)
+                for name, path in run.bins.items()}
+    finally:
+        quant.set_observers(student, run.observing)
+
+
+class StepCallbacks:
+    """Progress bar, the metrics log (averaged every ``log_every`` steps), verification every
+    ``eval_every`` steps and checkpoints every ``save_every`` steps and at the end."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        main = run.env.is_main
+        self.logger = MetricsLogger(run.cfg.output, main, run.cfg.tensorboard,
+                                    resume_step=run.step if run.resumed_from else None)
+        self.bar = progress_bar(run.steps, run.step, main)
+        self.meter, self.losses, self.feature_losses = Throughput(), [], []
+        self.images_per_step = run.cfg.batch_size * run.env.world_size
+        self.session_start, self.session_steps = time.perf_counter(), 0
+        self.eval_results: dict[str, Any] = {}
+        self.last_loss = math.nan
+
+    def after_step(self, loss: float, feature_loss: float | None) -> None:
+        run, cfg = self.run, self.run.cfg
+        self.session_steps += 1
+        self.losses.append(loss)
+        if feature_loss is not None:
+            self.feature_losses.append(feature_loss)
+        self.meter.add(self.images_per_step)
+        self.bar.update(1)
+        if run.step % cfg.log_every == 0 or run.step == run.steps:
+            self.log_metrics()
+        if run.bins and run.env.is_main and run.step % cfg.eval_every == 0 and run.step < run.steps:
+            self.verify()
+        if run.step % cfg.save_every == 0 or run.step == run.steps:
+            self.checkpoint()
+
+    def log_metrics(self) -> None:
+        run = self.run
+        self.last_loss, rate = sum(self.losses) / len(self.losses), self.meter.rate()
+        self.bar.set_postfix(loss=f"{self.last_loss:.3e}", img_s=f"{rate:.1f}")
+        record = {"step": run.step, "epoch": run.epoch, "loss": self.last_loss,
+                  "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": round(rate, 2)}
+        if self.feature_losses:  # the feature term alone (unweighted), to see what the total is made of
+            record["feature_loss"] = sum(self.feature_losses) / len(self.feature_losses)
+        self.logger.log(record)
+        self.losses, self.feature_losses = [], []
+
+    def verify(self) -> None:
+        self.eval_results = verify_student(self.run.student, self.run)
+        self.logger.log({"step": self.run.step, "epoch": self.run.epoch, "eval": self.eval_results})
+
+    def checkpoint(self) -> None:
+        run = self.run
+        rng = all_gather_objects(capture_rng_state())  # every rank's, for an exact resume
+        at_end = run.batch >= run.data.batches_per_epoch  # position of the next batch to train
+        if run.env.is_main:
+            save_training_state(run.cfg.output, run.step, {
+                "student": run.student.state_dict(),
+                "projection": run.kd.state_dict() if run.kd.projection is not None else {},
+                "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                "scaler": run.scaler.state_dict(), "rng": rng, "observers_enabled": run.observing,
+                "epoch": run.epoch + 1 if at_end else run.epoch, "batch": 0 if at_end else run.batch,
+                "world_size": run.env.world_size, "total_steps": run.steps,
+            }, run.cfg.keep_last)
+
+    def images_per_s(self) -> float:
+        """Training throughput of this session (a resumed run counts only its own steps)."""
+        seconds = time.perf_counter() - self.session_start
+        return round(self.session_steps * self.images_per_step / max(seconds, 1e-9), 2)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.logger.close()

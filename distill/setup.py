@@ -1,0 +1,330 @@
+"""Everything a distillation run needs before its first step: checks, teacher, student, data, optimiser.
+
+``prepare_run`` checks the config (before anything is loaded), loads the float teacher strictly, builds
+the float student, places the quantizers through ``quant.post_training_quantize`` (the one
+post-training path), builds the loss, optimiser and schedule, and restores a checkpoint when resuming.
+The returned ``Run`` is what the loop (``distill.loop``) and its callbacks (``distill.callbacks``) work on.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+import quant
+from backbones import get_model, input_spec, load_float_model
+from backbones.spec import InputSpec, check_meta_spec
+from data import TrainBatches, build_train_batches
+from distill.features import FeatureDistillation
+from distill.losses import LOSSES, DistillationLoss
+from distill.schedule import SCHEDULERS, build_scheduler, milestone_steps, scaled_lr, total_steps
+from eval.verification import find_bins
+from distill.train_state import list_checkpoints, load_training_state, restore_rng_state, rng_isolated
+from utils.checkpoint import load_state_strict, read_checkpoint
+from utils.config import Config
+from utils.distributed import DistEnv
+
+OPTIMIZERS = ("sgd", "adamw")
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+# fields that may change between a run and its resumption: bookkeeping, not what is trained
+RESUMABLE_CHANGES = {"resume", "output", "config_file", "log_every", "save_every", "keep_last", "tensorboard",
+                     "device", "num_workers", "eval_targets", "eval_data_dir", "eval_every", "eval_batch_size",
+                     "assets_dir"}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class Run:
+    """The state of one run: models, data, optimisation, and the position of the next step."""
+
+    cfg: Config
+    env: DistEnv
+    spec: InputSpec
+    data: TrainBatches
+    teacher: nn.Module
+    student: nn.Module
+    student_name: str
+    student_kwargs: dict[str, Any]
+    qcfg: quant.QuantConfig
+    kd: DistillationLoss
+    features: FeatureDistillation | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    steps: int
+    lr: float
+    observing: bool
+    bins: dict[str, Path] = field(default_factory=dict)
+    resumed_from: Path | None = None
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    trainable: list[nn.Parameter] = field(default_factory=list)
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.amp and self.env.device.type == "cuda"
+
+
+# ---- checks done before anything is loaded ----------------------------------------------------------
+
+def check_run_fields(cfg: Config) -> None:
+    """Choices, intervals and combinations of the run's fields."""
+    choices = {"loss": LOSSES, "scheduler": SCHEDULERS, "optimizer": OPTIMIZERS}
+    for key, valid in choices.items():
+        if cfg[key] not in valid:
+            raise TrainingError(f"{key}={cfg[key]!r} is not one of {', '.join(valid)}")
+    for key in ("log_every", "save_every", "eval_every", "keep_last", "batch_size"):
+        if cfg[key] < 1:
+            raise TrainingError(f"{key}={cfg[key]} must be >= 1")
+    for key in ("observer_steps", "calibration_batches"):
+        if cfg[key] < 0:
+            raise TrainingError(f"{key}={cfg[key]} must be >= 0")
+    if cfg.observer_steps == 0 and cfg.calibration_batches == 0:
+        raise TrainingError("activation ranges would never be observed: set calibration_batches >= 1 (batches "
+                            "observed before training) or observer_steps >= 1 (training steps that observe)")
+    if cfg.bias_correction and cfg.calibration_batches == 0:
+        raise TrainingError("bias_correction=True corrects biases after calibration: set calibration_batches >= 1")
+    try:
+        milestone_steps(cfg.lr_milestones, 1)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise TrainingError("tensorboard=True needs the tensorboard package: pip install tensorboard "
+                            "(or set tensorboard=False)")
+
+
+def check_input_spec(cfg: Config, spec: InputSpec, network: str) -> None:
+    """``image_size``, ``input_mean`` and ``input_std`` are the model's own unless set; a value that
+    disagrees with the model's declared spec is an error naming it (the model's spec is what applies)."""
+    declared = {"image_size": spec.size, "input_mean": spec.mean, "input_std": spec.std}
+    for key, value in declared.items():
+        given = cfg[key]
+        if given is None:
+            continue
+        as_declared = given == value if key == "image_size" else _channels(given) == value
+        if not as_declared:
+            raise TrainingError(f"{key}={given!r} disagrees with the {network} model's input spec ({key} "
+                                f"{value}); remove {key} from the config: the model's own is used")
+
+
+def _channels(value: Any) -> tuple[float, ...]:
+    values = value if isinstance(value, (list, tuple)) else [value] * 3
+    return tuple(float(v) for v in values)
+
+
+def eval_bins(cfg: Config) -> dict[str, Path]:
+    """``{target: path}`` of the verification sets, all checked to exist now rather than at step 2000."""
+    if not cfg.eval_data_dir:
+        return {}
+    try:
+        return find_bins(cfg.eval_data_dir, cfg.eval_targets)
+    except FileNotFoundError as exc:
+        raise TrainingError(f"{exc}; or set eval_data_dir='' to train without verification") from exc
+
+
+def find_resume_point(cfg: Config) -> Path | None:
+    """The checkpoint to continue from (``resume=true``), or None for a fresh run into an unused output."""
+    found = list_checkpoints(cfg.output)
+    if cfg.resume:
+        if found:
+            check_same_run(cfg)
+        return found[-1][1] if found else None
+    if found:
+        raise TrainingError(f"{cfg.output} already holds checkpoints of a run (last: {found[-1][1].name}); "
+                            "pass resume=true to continue it, or choose another output")
+    return None
+
+
+def check_same_run(cfg: Config) -> None:
+    """Resuming continues the run saved in ``output``, so its training settings must not have changed
+    (say, a config edited since, or a newer version of a shipped config); otherwise stop and say which."""
+    saved_path = Path(cfg.output) / "config.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    current = json.loads(cfg.to_json())
+    changed = sorted(key for key in set(saved) | set(current)
+                     if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key))
+    if changed:
+        key = changed[0]
+        raise TrainingError(f"{cfg.output} holds a run with other settings ({', '.join(changed)}; e.g. {key} was "
+                            f"{saved.get(key)!r}, now {current.get(key)!r}); resume=true would mix them. Delete "
+                            "that folder or choose another output to start afresh")
+
+
+# ---- models ---------------------------------------------------------------------------------------------
+
+def load_teacher(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
+    """The float teacher from ``cfg.teacher``, strictly: the file must exist and fit ``cfg.network``.
+
+    Returns the model and its constructor keywords.
+    """
+    if not cfg.teacher:
+        raise TrainingError("no teacher: set teacher=<float backbone checkpoint> (an arcface_torch backbone.pth "
+                            "or a checkpoint of this project); the student learns from it")
+    state, meta = read_checkpoint(cfg.teacher)
+    if meta.get("quant"):
+        raise TrainingError(f"teacher {cfg.teacher} is a quantized student; the teacher must be a float model")
+    if meta.get("network", cfg.network) != cfg.network:
+        raise TrainingError(f"teacher {cfg.teacher} is a '{meta['network']}' but network='{cfg.network}'; "
+                            "set network to match the checkpoint")
+    kwargs = {**meta.get("network_kwargs", {}), **cfg.network_kwargs}
+    if kwargs.setdefault("num_features", cfg.embedding_size) != cfg.embedding_size:
+        raise TrainingError(f"teacher {cfg.teacher} makes {kwargs['num_features']}-D embeddings but "
+                            f"embedding_size={cfg.embedding_size}; set embedding_size to match")
+    try:
+        check_meta_spec(meta, input_spec(cfg.network), f"teacher {cfg.teacher}")
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    return load_state_strict(get_model(cfg.network, **kwargs), state, f"teacher {cfg.teacher}"), kwargs
+
+
+def build_student(cfg: Config, teacher: nn.Module, teacher_kwargs: dict[str, Any]
+                  ) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The float student before quantization: the teacher itself, or ``student_network`` (random init or
+    ``student_init``).  Returns (model, backbone name, constructor keywords)."""
+    if not cfg.student_network:
+        if cfg.student_embedding_size not in (0, cfg.embedding_size) or cfg.student_init:
+            raise TrainingError("student_embedding_size and student_init need a different student_network; "
+                                "a student of the teacher's architecture starts as the teacher's copy")
+        return teacher, cfg.network, teacher_kwargs
+    kwargs = {"num_features": cfg.student_embedding_size or cfg.embedding_size, **cfg.student_network_kwargs}
+    if input_spec(cfg.student_network) != input_spec(cfg.network):
+        raise TrainingError(f"student_network={cfg.student_network!r} expects input {input_spec(cfg.student_network)} "
+                            f"but the {cfg.network} teacher {input_spec(cfg.network)}; both see the same batches")
+    if cfg.student_init:
+        return load_float_model(cfg.student_init, cfg.student_network, **kwargs), cfg.student_network, kwargs
+    return get_model(cfg.student_network, **kwargs), cfg.student_network, kwargs
+
+
+def quantize_student(cfg: Config, float_student: nn.Module, teacher: nn.Module, data: TrainBatches,
+                     device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The quantized student, through ``quant.post_training_quantize`` on the calibration batches (the
+    same on every rank, so all ranks start identical); returns (student, teacher).
+
+    When the student is the teacher's copy and channels are equalised, the equalised float copy becomes
+    the teacher: it computes the same function (to float rounding), and its intermediate outputs then
+    line up channel for channel with the student's, as ``feature_layers`` needs.
+    """
+    qcfg = quant.QuantConfig.from_config(cfg)
+    result = quant.post_training_quantize(float_student.to(device), qcfg, rng_isolated(data.calibration()),
+                                          cfg.calibration_batches)
+    return result.student.to(device).train(), (result.reference if float_student is teacher else teacher)
+
+
+# ---- optimisation -----------------------------------------------------------------------------------------
+
+def param_groups(modules: Iterable[nn.Module], weight_decay: float, quantizer_lr: float | None = None
+                 ) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear/PReLU weights only: not on norm layers, biases or quantizer parameters.
+
+    Quantizer parameters (learned step sizes and zero points) form a third group with its own learning
+    rate ``quantizer_lr`` when given (else they share the no-decay group).
+    """
+    decay, no_decay, quantizer = [], [], []
+    for module in modules:
+        for owner in module.modules():
+            for name, param in owner.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                if isinstance(owner, quant.FakeQuantizer):
+                    (quantizer if quantizer_lr is not None else no_decay).append(param)
+                elif isinstance(owner, NORM_LAYERS) or name == "bias":
+                    no_decay.append(param)
+                else:
+                    decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if quantizer:
+        groups.append({"params": quantizer, "weight_decay": 0.0, "lr": quantizer_lr})
+    return groups
+
+
+def build_optimizer(cfg: Config, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=lr)  # "adamw", the only other choice check_run_fields lets through
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+
+def build_models(cfg: Config, env: DistEnv) -> dict[str, Any]:
+    """Teacher, quantized student, data and losses, initialised the same on every rank."""
+    seed_everything(cfg.seed)
+    teacher, teacher_kwargs = load_teacher(cfg)
+    spec = teacher.input_spec
+    check_input_spec(cfg, spec, cfg.network)
+    float_student, student_name, student_kwargs = build_student(cfg, teacher, teacher_kwargs)
+    try:
+        data = build_train_batches(cfg, spec, env.device, env.rank, env.world_size)
+        student, teacher = quantize_student(cfg, float_student, teacher, data, env.device)
+    except ValueError as exc:  # no or unreadable data; the message names the file or field
+        raise TrainingError(f"training data: {exc}") from exc
+    teacher = teacher.to(env.device).eval().requires_grad_(False)  # after the student copied it
+    kd = DistillationLoss(cfg.loss, student_kwargs["num_features"], cfg.embedding_size).to(env.device)
+    try:
+        features = FeatureDistillation(teacher, student, cfg.feature_layers) if cfg.feature_layers else None
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    return {"spec": spec, "data": data, "teacher": teacher, "student": student, "student_name": student_name,
+            "student_kwargs": student_kwargs, "kd": kd, "features": features}
+
+
+def prepare_run(cfg: Config, env: DistEnv) -> Run:
+    """Check, build and (when resuming) restore a run; nothing is trained yet."""
+    check_run_fields(cfg)
+    bins = eval_bins(cfg)
+    resume_from = find_resume_point(cfg)
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    parts = build_models(cfg, env)
+    steps = total_steps(cfg.num_steps, cfg.epochs, parts["data"].batches_per_epoch)
+    lr = scaled_lr(cfg.lr, cfg.batch_size, env.world_size)
+    groups = param_groups([parts["student"], parts["kd"]], cfg.weight_decay, lr * cfg.quantizer_lr_scale)
+    optimizer = build_optimizer(cfg, groups, lr)
+    run = Run(cfg=cfg, env=env, qcfg=quant.QuantConfig.from_config(cfg), optimizer=optimizer,
+              scheduler=build_scheduler(optimizer, cfg, steps),
+              scaler=torch.amp.GradScaler(env.device.type, enabled=cfg.amp and env.device.type == "cuda"),
+              steps=steps, lr=lr, observing=cfg.observer_steps > 0, bins=bins, **parts)
+    run.trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    seed_everything(cfg.seed + env.rank)  # per-rank randomness inside the loop (e.g. dropout)
+    if resume_from is not None:
+        restore(run, resume_from)
+    quant.set_observers(run.student, run.observing)
+    return run
+
+
+def restore(run: Run, path: Path) -> None:
+    """Continue ``run`` exactly where the checkpoint ``path`` left it."""
+    ckpt = load_training_state(path, map_location=run.env.device)
+    for key, now in (("world_size", run.env.world_size), ("total_steps", run.steps)):
+        if ckpt[key] != now:
+            raise TrainingError(f"{path} was written by a run with {key}={ckpt[key]}, this one has "
+                                f"{now}; resume with the same config and number of processes")
+    load_state_strict(run.student, ckpt["student"], f"student in {path}")
+    if run.kd.projection is not None:
+        load_state_strict(run.kd, ckpt["projection"], f"projection in {path}")
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    restore_rng_state(ckpt["rng"][run.env.rank])
+    run.observing = ckpt["observers_enabled"]
+    run.step, run.epoch, run.batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
+    run.resumed_from = path
