@@ -37,8 +37,8 @@ data_path = ""                # folder of images, or folder holding train.rec/tr
 generator_weights = "{assets_dir}/gan_face_generate/weights.tar"  # DCGAN generator for data_source="generator"
 samples_per_epoch = 528000    # generated faces per epoch (QuantFace used 528k synthetic images)
 image_size = None             # network input side; None = the model's declared input spec (a different value is an error)
-input_mean = None             # pixel normalisation (x - mean) / std: None = the model's spec (127.5 / 127.5 insightface,
-input_std = None              #   127.5 / 128 the tflite MobileFaceNet); a number or 3 per-channel values that differ are an error
+input_mean = None             # pixel mean of (x - mean) / std; None = the model's declared spec (127.5 for every backbone here); a different value is an error
+input_std = None              # pixel std of (x - mean) / std; None = the model's declared spec (127.5 insightface, 128 mfn_tflite); a different value is an error
 random_flip = True            # random horizontal flip of training images
 num_workers = 2               # DataLoader worker processes (folder / recordio)
 

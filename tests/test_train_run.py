@@ -5,6 +5,7 @@ in this process where possible; the kill-and-resume and the 2-process DDP tests 
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -191,6 +192,38 @@ def test_missing_or_mismatching_teacher_is_a_clear_error(assets, tmp_path, capsy
     assert tq.main([str(bad_layers)]) == 1
     assert "feature_layers pattern 'stage?' matches no module" in capsys.readouterr().err
     assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_settings_that_cannot_apply_are_errors_naming_them(assets, tmp_path, capsys, monkeypatch):
+    common = {"network": "mbf", "network_kwargs": {"scale": 1}, "embedding_size": 64, "teacher": str(assets["mbf"]),
+              "data_path": str(assets["faces2"]), "batch_size": 2, "num_steps": 2}
+    cases = [({"input_std": 128.0}, "input_std=128.0 disagrees with the mbf model's input spec"),
+             ({"image_size": 96}, "image_size=96 disagrees with the mbf model's input spec"),
+             ({"quant_mode": "quantface", "weight_symmetric": True}, "weight_symmetric=True cannot apply"),
+             ({"bias_correction": True, "calibration_batches": 0}, "bias_correction=True corrects biases after"),
+             ({"observer_steps": 0, "calibration_batches": 0}, "activation ranges would never be observed")]
+    for index, (fields, message) in enumerate(cases):
+        config = write_config(tmp_path / f"c{index}.py", output=str(tmp_path / f"o{index}"), **{**common, **fields})
+        assert tq.main([str(config)]) == 1, fields
+        assert message in capsys.readouterr().err, fields
+    same = write_config(tmp_path / "same.py", output=str(tmp_path / "same"), input_mean=[127.5] * 3, input_std=127.5,
+                        image_size=112, **common)  # restating the model's own spec is fine
+    assert tq.main([str(same)]) == 0
+
+    torch.manual_seed(0)
+    contradicting = save_checkpoint(tmp_path / "t.pt", get_model("mbf", **MBF).state_dict(),
+                                    {"network": "mbf", "network_kwargs": MBF, "input_std": 128.0})
+    config = write_config(tmp_path / "t.py", output=str(tmp_path / "t"), **{**common, "teacher": str(contradicting)})
+    assert tq.main([str(config)]) == 1
+    assert "records input input_std=128.0, but its network expects" in capsys.readouterr().err
+
+    real_find_spec = importlib.util.find_spec  # a machine without the tensorboard package
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "tensorboard" else real_find_spec(name, *args))
+    config = write_config(tmp_path / "tb.py", output=str(tmp_path / "tb"), tensorboard=True, **common)
+    assert tq.main([str(config)]) == 1
+    assert "tensorboard=True needs the tensorboard package: pip install tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "tb" / "checkpoints").exists()
 
 
 def test_resuming_with_other_training_settings_is_an_error_naming_them(assets, tmp_path, capsys):

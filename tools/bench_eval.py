@@ -62,7 +62,7 @@ def bare_forward(model: torch.nn.Module, batch_size: int, images: int, device: t
         model(x[:rest])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--network", default="mbf", help="backbone from the registry (random init)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     model = get_model(args.network).to(device).eval()

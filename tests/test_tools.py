@@ -1,0 +1,49 @@
+"""Every benchmark tool of tools/ runs end to end at tiny size and prints the ratio it exists for.
+
+(The other tools have their own tests: fetch_assets in test_assets, generate_faces in test_data_generated,
+model_info in test_model_info, demo_report in test_demo.)
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tools import bench_data, bench_eval, bench_quant_step, bench_train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+NUMBER = r"[0-9]+\.[0-9]+"
+
+
+def test_bench_quant_step_prints_quantized_over_float_ratios(capsys):
+    bench_quant_step.main(["--networks", "mbf", "nope", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                           "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "nope: not in the backbone registry" in out
+    for variant in ("deploy observing", "deploy frozen", "quantface observing", "quantface frozen"):
+        assert re.search(rf"{variant}\s+wall\s+\d+ ms\s+ratio {NUMBER}\s+cpu\s+\d+ ms\s+ratio {NUMBER}", out), out
+
+
+def test_bench_train_runs_the_real_loop_and_prints_its_table(capsys):
+    bench_train.main(["--networks", "mbf", "--batch-size", "2", "--steps", "4", "--observer-steps", "1",
+                      "--ratio-steps", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    row = re.search(rf"^mbf\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.MULTILINE)
+    assert row, out
+    assert all(float(value) > 0 for value in row.groups())
+
+
+def test_bench_eval_prints_verify_over_bare_forward(capsys):
+    bench_eval.main(["--network", "mbf", "--batch-size", "8", "--pairs", "10", "--repeats", "1", "--device", "cpu",
+                     "--workers", "1"])
+    out = capsys.readouterr().out
+    ratios = re.findall(rf"ratio to the faster bare forward ({NUMBER})", out)
+    assert len(ratios) == 2 and all(float(r) > 0 for r in ratios), out
+
+
+def test_bench_data_prints_each_source_against_the_network(capsys):
+    rates = bench_data.main(["--count", "16", "--batch-size", "4", "--workers", "0", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert len(rates) == 4 and all(rate > 0 for rate in rates.values())
+    for source in ("folder (PNG", "recordio (JPEG q95", "generator (on cpu)"):
+        assert re.search(rf"^{re.escape(source)}.*\s{NUMBER}\s+{NUMBER}$", out, re.MULTILINE), out
