@@ -3,8 +3,9 @@
     python eval_benchmarks.py --checkpoint student.pt teacher.pt --data-dir /data/faces_emore \\
         --targets lfw,cfp_fp,agedb_30,calfw,cplfw --ijb IJBC --ijb-dir /data/IJB_release --out work_dirs/eval
 
-Float checkpoints, quantized students and bare arcface_torch state_dicts (give ``--network r100``) are
-accepted alike (``quant.load_any_model``).  Faces are aligned and normalised as the network's declared
+Float checkpoints, quantized students, bare arcface_torch state_dicts (give ``--network r100``), packed
+students (``.qfpack``) and exported ``.onnx`` models (run by onnxruntime: the file you ship is what is
+measured) are accepted alike (``deploy.loading.load_model_file``).  Faces are aligned and normalised as the network's declared
 input spec says (``backbones.registry``).  Outputs in ``--out``: ``results.json`` (every number, rewritten
 after each checkpoint), ``results.md`` (one row per checkpoint, as in the QuantFace paper's tables),
 ``roc_<ijbx>.png`` and ``<checkpoint>_<ijbx>_scores.npy`` (pair scores, in pair-file order).
@@ -26,7 +27,8 @@ from eval.ijb import IjbFormatError, IjbSet, evaluate_ijb, far_key, load_ijb
 from eval.report import IJB_COLUMNS, TABLE_FAR, benchmark_table, bits_label, checkpoint_labels, plot_roc, thin_curve
 from eval.safe_pickle import UnsafePickleError
 from eval.verification import BinFormatError, find_bins, verify
-from quant import load_any_model, size_report
+from deploy import ExportError, OnnxModelError
+from deploy.loading import load_model_file
 from utils.checkpoint import CheckpointError
 from utils.distributed import resolve_device
 from utils.fileio import atomic_write_json, atomic_write_text
@@ -70,10 +72,10 @@ def evaluate_checkpoint(path: str, label: str, args: argparse.Namespace, device:
                         bins: dict[str, Path], ijb_sets: dict[str, IjbSet], out: Path,
                         curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
     """Every requested benchmark for one checkpoint; IJB ROC curves are added to ``curves``."""
-    model, meta = load_any_model(path, args.network)
+    model, meta, size_mb = load_model_file(path, args.network)
     model.to(device)
     entry: dict[str, Any] = {"label": label, "path": str(path), "network": meta.get("network", args.network),
-                             "bits": bits_label(meta), "size_mb": float(size_report(model)["total_mb"]),
+                             "bits": bits_label(meta), "size_mb": size_mb, "runtime": type(model).__name__,
                              "quant": meta.get("quant"), "input_spec": model.input_spec.to_dict(),
                              "verification": {}, "ijb": {}}
     print(f"== {label}: {entry['network']} {entry['bits']} {entry['size_mb']:.2f} MB ({path})", flush=True)
@@ -126,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (FileNotFoundError, CheckpointError, BinFormatError, UnsafePickleError, IjbFormatError) as exc:
+    except (FileNotFoundError, CheckpointError, BinFormatError, UnsafePickleError, IjbFormatError, OnnxModelError,
+            ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -19,7 +19,8 @@ Placement (``QuantConfig.mode``)
   min/max (asymmetric); PReLU slope per tensor at the activation bit width and PReLU output
   quantized; the output of every Add/Mul (every residual block) quantized; BN float; the input image
   and the other layer inputs not quantized.
-* ``deploy`` (default): every Conv2d/Linear input quantized (per-tensor affine) and its weight per
+* ``deploy`` (default; what ``deploy.onnx_export`` writes as an int8 graph, bias rounded to the int32 grid
+  ``s_in * s_w`` as the kernel adds it): every Conv2d/Linear input quantized (per-tensor affine) and its weight per
   output channel (symmetric int grid by default), every Add/Mul output quantized, and each Add/Mul
   input quantized unless it already comes from a quantized Add/Mul output (so each int8 QDQ kernel
   sees quantized inputs exactly once).  PReLU stays float.

@@ -31,7 +31,8 @@ def save_quantized(path: str | os.PathLike, model: nn.Module, network: str, netw
     return save_checkpoint(path, model.state_dict(), info)
 
 
-def _build_quantized(state: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> nn.Module:
+def rebuild_student(meta: dict[str, Any], source: str) -> nn.Module:
+    """The (unloaded) student described by ``meta`` (network, network_kwargs, quant); errors name ``source``."""
     if not meta.get("network"):
         raise CheckpointError(f"{source} has quantization metadata but no 'network' name to rebuild from")
     try:
@@ -41,8 +42,12 @@ def _build_quantized(state: dict[str, torch.Tensor], meta: dict[str, Any], sourc
         raise CheckpointError(f"{source}: invalid 'quant' metadata: {exc}") from exc
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc
-    model = quantize_inplace(get_model(meta["network"], **meta.get("network_kwargs", {})), qcfg)
-    load_state_strict(model, state, source)
+    return quantize_inplace(get_model(meta["network"], **meta.get("network_kwargs", {})), qcfg)
+
+
+def build_quantized(state: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> nn.Module:
+    """``rebuild_student(meta)`` loaded strictly from ``state``, observers frozen."""
+    model = load_state_strict(rebuild_student(meta, source), state, source)
     return set_observers(model, False)
 
 
@@ -52,7 +57,7 @@ def load_quantized(path: str | os.PathLike, map_location: str | torch.device = "
     if not meta.get("quant"):
         raise CheckpointError(f"{path} is a float checkpoint (no 'quant' metadata); load it with "
                               "backbones.load_float_model or quant.load_any_model")
-    return _build_quantized(state, meta, str(path)).to(map_location)
+    return build_quantized(state, meta, str(path)).to(map_location)
 
 
 def load_any_model(path: str | os.PathLike, network: str | None = None,
@@ -63,5 +68,5 @@ def load_any_model(path: str | os.PathLike, network: str | None = None,
     """
     state, meta = read_checkpoint(path, map_location)
     if meta.get("quant"):
-        return _build_quantized(state, meta, str(path)).to(map_location), meta
+        return build_quantized(state, meta, str(path)).to(map_location), meta
     return load_float_model(path, network).to(map_location), meta

@@ -5,6 +5,10 @@ deep copy made by ``quantize_model``), so ``weight``/``bias`` keep their objects
 quantizers appear only as new children: ``<name>.weight_quant``, ``<name>.input_quant``,
 ``<name>.input0_quant``/``input1_quant`` (Add/Mul) and ``<name>.output_quant``.  A child that is
 ``None`` means "this tensor stays float".
+
+A conv or linear whose input and weight are both quantized may also round its bias onto the int32 grid
+``s_in * s_w`` per output channel (``quantize_bias``, set by the deploy placement): that is the bias an
+int8 kernel adds to its integer accumulator, so the student computes what the exported graph computes.
 """
 from __future__ import annotations
 
@@ -16,27 +20,54 @@ from quant.quantizer import FakeQuantizer
 from backbones.layers import Add, Mul
 
 
+INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
+_EPS = torch.finfo(torch.float32).eps
+
+
 def _q(quantizer: FakeQuantizer | None, x: torch.Tensor) -> torch.Tensor:
     return x if quantizer is None else quantizer(x)
 
 
-class QuantConv2d(nn.Conv2d):
-    """Conv2d with quantized weight and, where placed, quantized input/output."""
+def bias_scale(layer: nn.Module) -> torch.Tensor:
+    """Per-output-channel float32 scale ``s_in * s_w`` of the layer's int32 bias grid (after a forward);
+    ``s_in`` is the layer's input quantizer's, or the upstream Add/Mul output quantizer's (``bias_input``)."""
+    source = layer.input_quant if layer.input_quant is not None else layer.bias_input[0]
+    s_in = source.scale.detach().float().clamp_min(_EPS).reshape(())
+    return s_in * layer.weight_quant.scale.detach().float().clamp_min(_EPS)
+
+
+class QuantWeighted:
+    """Shared by QuantConv2d / QuantLinear: quantize input and weight, then (deploy) the bias."""
 
     input_names = ("input_quant",)
+    quantize_bias = False
+    bias_input: tuple[FakeQuantizer, ...] = ()
+
+    def effective_bias(self) -> torch.Tensor | None:
+        """The bias as the forward adds it: on the int32 grid ``s_in * s_w`` when ``quantize_bias``."""
+        if not (self.quantize_bias and self.bias is not None):
+            return self.bias
+        scale = bias_scale(self)
+        return torch.fake_quantize_per_channel_affine(self.bias, scale, torch.zeros_like(scale, dtype=torch.int32),
+                                                      0, INT32_MIN, INT32_MAX)
+
+    def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        x, weight = _q(self.input_quant, x), _q(self.weight_quant, self.weight)
+        return x, weight, self.effective_bias()
+
+
+class QuantConv2d(QuantWeighted, nn.Conv2d):
+    """Conv2d with quantized weight and, where placed, quantized input/output and int32 bias."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._conv_forward(_q(self.input_quant, x), _q(self.weight_quant, self.weight), self.bias)
-        return _q(self.output_quant, out)
+        return _q(self.output_quant, self._conv_forward(*self._operands(x)))
 
 
-class QuantLinear(nn.Linear):
-    """Linear with quantized weight and, where placed, quantized input/output."""
-
-    input_names = ("input_quant",)
+class QuantLinear(QuantWeighted, nn.Linear):
+    """Linear with quantized weight and, where placed, quantized input/output and int32 bias."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _q(self.output_quant, F.linear(_q(self.input_quant, x), _q(self.weight_quant, self.weight), self.bias))
+        return _q(self.output_quant, F.linear(*self._operands(x)))
 
 
 class QuantPReLU(nn.PReLU):

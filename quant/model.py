@@ -11,7 +11,7 @@ from torch import nn
 from quant.bn import fold_batchnorms, freeze_batchnorms
 from quant.config import QuantConfig, is_float_bits
 from quant.graph import ModelGraph, trace
-from quant.layers import QUANT_CLASSES, attach_quantizers
+from quant.layers import QUANT_CLASSES, QuantWeighted, attach_quantizers
 from quant.quantizer import FakeQuantizer, act_quantizer, weight_quantizer
 from backbones.layers import Add, Mul
 
@@ -29,6 +29,7 @@ class _Plan:
     weight: bool = False
     inputs: tuple[bool, ...] = ()
     output: bool = False
+    bias_source: str | None = None  # deploy: the quantized Add/Mul whose output is this layer's (quantized) input
 
 
 def quantizers(model: nn.Module) -> Iterator[tuple[str, FakeQuantizer]]:
@@ -75,6 +76,8 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
             sources = graph.input_sources(name) if graph is not None else []
             plan.inputs = tuple(not (i < len(sources) and all(s in quantized for s in sources[i]))
                                 for i in range(len(plan.inputs)))
+            if plan.weight and not plan.inputs[0] and len(set(sources[0])) == 1:
+                plan.bias_source = sources[0][0]
     return plans
 
 
@@ -102,6 +105,15 @@ def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig) -> Non
         attach_quantizers(module, weight, inputs, _act(plan, qcfg, f"{name}.output_quant", plan.output))
         if device is not None:
             module.to(device)
+    if qcfg.mode != "deploy":
+        return
+    for name, plan in plans.items():  # int32 bias at s_in * s_w, as the int8 kernel adds it
+        module = model.get_submodule(name)
+        if not isinstance(module, QuantWeighted) or module.weight_quant is None:
+            continue
+        if module.input_quant is None and plan.bias_source is not None:
+            module.bias_input = (model.get_submodule(plan.bias_source).output_quant,)  # a tuple: not a child
+        module.quantize_bias = module.input_quant is not None or plan.bias_source is not None
 
 
 def quantize_model(model: nn.Module, qcfg: QuantConfig) -> nn.Module:

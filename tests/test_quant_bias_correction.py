@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import quant
 from backbones import get_model
 from quant.bias_correction import correctable_layers
+from quant.layers import bias_scale
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,12 +58,19 @@ def test_corrected_layers_reproduce_the_float_mean_outputs(teacher):
     corrected = channel_means(student, names, images)
     uncorrected = channel_means(quant.post_training_quantize(teacher, qcfg(), calibration).student, names, images)
 
-    def worst(means: dict[str, torch.Tensor]) -> float:  # largest shift, relative to the layer's largest mean
-        return max(float((means[n] - float_means[n]).abs().max() / (float_means[n].abs().max() + 1e-3))
-                   for n in names)
-    # exact up to rounding: adding the shift after a layer and inside its bias differ by float rounding,
-    # which can flip an 8-bit activation rounding downstream
-    assert worst(corrected) < 0.1 * worst(uncorrected), (worst(corrected), worst(uncorrected))
+    modules = dict(student.named_modules())
+
+    def worst(means: dict[str, torch.Tensor], allowance: bool = False) -> float:
+        """Largest shift relative to the layer's largest mean; with ``allowance``, beyond half a step of the
+        int32 bias grid s_in * s_w, which the deploy student (like an int8 kernel) rounds its bias onto."""
+        shifts = {n: (means[n] - float_means[n]).abs() for n in names}
+        if allowance:
+            shifts = {n: (s - 0.5 * bias_scale(modules[n])).clamp_min(0.0) for n, s in shifts.items()}
+        return max(float(shifts[n].max() / (float_means[n].abs().max() + 1e-3)) for n in names)
+    # exact up to rounding: adding the shift after a layer and inside its (int32-gridded) bias differ by
+    # rounding, which can also flip an 8-bit activation rounding downstream
+    assert all(modules[n].quantize_bias for n in names)
+    assert worst(corrected, allowance=True) < 0.1 * worst(uncorrected), (worst(corrected, True), worst(uncorrected))
     assert worst(uncorrected) > 1e-2  # without the correction the 4-bit weights did shift the means
 
 

@@ -1,0 +1,30 @@
+"""Any model file a user may evaluate: a checkpoint (float or quantized), a packed student, or an .onnx."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+import quant
+from deploy.onnx_model import OnnxModel
+from deploy.packed import load_packed
+
+PACKED_SUFFIX = ".qfpack"
+
+
+def load_model_file(path: str | os.PathLike, network: str | None = None, threads: int = 0
+                    ) -> tuple[nn.Module, dict[str, Any], float]:
+    """``(model, meta, size_mb)``: ``.onnx`` runs in onnxruntime (size = the file), ``.qfpack`` is a packed
+    student (size = the file), anything else a checkpoint (``quant.load_any_model``; size = parameters at
+    their bit widths, ``quant.size_report``)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        model = OnnxModel(path, threads)
+        return model, model.meta, model.size_mb
+    if path.suffix == PACKED_SUFFIX:
+        model, meta = load_packed(path)
+        return model, meta, path.stat().st_size / 1e6
+    model, meta = quant.load_any_model(path, network)
+    return model, meta, float(quant.size_report(model)["total_mb"])

@@ -1,0 +1,326 @@
+"""Export a float backbone or a deploy-mode quantized student to ONNX, node by node from its torch.fx trace.
+
+A float model becomes an fp32 graph.  A quantized student becomes a QDQ graph that computes what its
+fake quantizers compute: each activation quantizer is a ``QuantizeLinear -> DequantizeLinear`` pair
+(uint8, per tensor, its learned or observed scale and zero point), each quantized weight an int8
+initializer (per output channel, symmetric) behind a ``DequantizeLinear``, and a conv or linear whose
+input and weight are quantized gets its bias as int32 at scale ``s_in * s_w`` (the form onnxruntime
+fuses into ``QLinearConv``/``QGemm``).  BatchNorm right after a conv or linear is folded into it; with
+per-channel symmetric weights the folding is exact (the int8 weights stay, the channel scales take the
+BatchNorm factor).
+
+Weight containers.  x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) multiply uint8 activations by int8
+weights with ``vpmaddubsw``, whose int16 pair sums saturate once ``|w|`` uses all 8 bits (measured here:
+a 3x3 conv off by up to 50 quantization steps).  So dense convs and linears with 8-bit weights are
+written as uint8 weights with zero point 128 (exact on every CPU), unless ``int8_weights=True`` (for
+VNNI / ARM dot-product targets, where int8 is exact and fastest); weights of 7 bits or fewer, and
+depthwise convs (a kernel without pair sums), are always int8.  The input is the *normalised* image batch (dynamic batch size); the model's
+``InputSpec`` travels in the ONNX metadata (``quantface.input_spec``) so the runtime normalises as the
+student did.  What cannot be exported exactly is an ``ExportError`` naming the layer and what to do.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import quant
+from backbones.layers import Add, Mul
+from backbones.spec import input_spec_of
+from quant.layers import QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, bias_scale
+from quant.quantizer import FakeQuantizer
+from utils.fileio import atomic_write_bytes
+
+OPSET = 17
+INPUT, OUTPUT = "input", "embedding"
+SPEC_KEY, META_KEY = "quantface.input_spec", "quantface.meta"
+
+
+class ExportError(ValueError):
+    """The model (or one layer of it) cannot be exported exactly; the message names it and what to change."""
+
+
+class _Tracer(fx.Tracer):
+    """Every torch layer, quantized layer, Add/Mul and FakeQuantizer is one node (never traced into)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.Linear, nn.PReLU, _BatchNorm, Add, Mul, FakeQuantizer)) or \
+            super().is_leaf_module(m, qualname)
+
+
+@dataclass
+class _Graph:
+    """The ONNX graph being written: nodes, initializers, and a counter for fresh tensor names."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: list[onnx.TensorProto] = field(default_factory=list)
+    count: int = 0
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def const(self, hint: str, array: np.ndarray) -> str:
+        name = self.name(hint)
+        array = np.asarray(array)  # keeps 0-d scalars 0-d (per-tensor), unlike np.ascontiguousarray
+        self.inits.append(numpy_helper.from_array(array.copy(order="C"), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
+        out = self.name(hint)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+
+def _act_qparams(q: FakeQuantizer, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 scale, uint8 zero point) of an activation quantizer, checked to fit onnxruntime's kernels."""
+    if q.per_channel or q.symmetric or q.quant_min < 0 or q.quant_max > 255:
+        raise ExportError(f"{where}: activations must be quantized per tensor on an unsigned grid [0, 2^b - 1] "
+                          f"(got {q.extra_repr()}); use quant_mode='deploy'")
+    if not q.calibrated:
+        raise ExportError(f"{where}: the activation quantizer has no observed range; calibrate the student first")
+    scale = q.scale.detach().float().clamp_min(torch.finfo(torch.float32).eps).reshape(())
+    zero = torch.round(q.zero_point.detach().float()).clamp(q.quant_min, q.quant_max).reshape(())
+    return scale.numpy().astype(np.float32), zero.numpy().astype(np.uint8)
+
+
+def _quantize_act(g: _Graph, x: str, q: FakeQuantizer | None, where: str) -> tuple[str, float | None]:
+    """``x`` through a Q/DQ pair when ``q`` is set; returns (tensor name, scale or None)."""
+    if q is None:
+        return x, None
+    scale, zero = _act_qparams(q, where)
+    s, z = g.const(f"{where}.scale", scale), g.const(f"{where}.zero_point", zero)
+    quantized = g.op("QuantizeLinear", [x, s, z], f"{where}.q")
+    return g.op("DequantizeLinear", [quantized, s, z], f"{where}.dq"), float(scale)
+
+
+SAFE_INT8_BITS = 7  # |w| <= 63: two uint8 x int8 products never leave int16
+
+
+def _weight_ints(layer: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int weights as int64, per-output-channel float64 scales) of a quantized conv/linear."""
+    q: FakeQuantizer = layer.weight_quant
+    if not q.symmetric or not q.per_channel:
+        raise ExportError(f"{where}: weights are quantized {q.extra_repr()}; int8 kernels need per-channel "
+                          "symmetric weights (quant_mode='deploy', weight_symmetric=True)")
+    if q.num_bits > 8:
+        raise ExportError(f"{where}: {q.num_bits}-bit weights do not fit int8 containers")
+    with torch.no_grad():
+        if not q.learnable:
+            q.observe(layer.weight)  # the scale the fake quantizer uses for these weights
+        scale = q.scale.detach().double().clamp_min(torch.finfo(torch.float32).eps)
+        view = (-1,) + (1,) * (layer.weight.dim() - 1)
+        ints = torch.round(layer.weight.detach().double() / scale.view(view)).clamp(q.quant_min, q.quant_max)
+    return ints.long(), scale
+
+
+def _bn_factors(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``y = x * a + b`` per channel (float64)."""
+    a = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.affine:
+        a = a * bn.weight.detach().double()
+    b = -bn.running_mean.double() * a + (bn.bias.detach().double() if bn.affine else 0.0)
+    return a, b
+
+
+class _Exporter:
+    """Walks the fx graph once, writing ONNX nodes; ``values`` maps fx nodes to ONNX tensor names."""
+
+    def __init__(self, model: nn.Module, int8_weights: bool) -> None:
+        self.model, self.int8_weights = model, int8_weights
+        self.modules = dict(model.named_modules())
+        self.graph = _Tracer().trace(model)
+        self.g = _Graph()
+        self.values: dict[fx.Node, str] = {}
+        self.folded: dict[fx.Node, _BatchNorm] = {}  # conv/linear node -> BN folded into it
+
+    # ---- walking ----------------------------------------------------------------------------------
+    def run(self) -> tuple[str, str]:
+        for node in self.graph.nodes:
+            if node.op == "placeholder":
+                self.values[node] = INPUT
+            elif node.op == "output":
+                return self.values[node.args[0]], INPUT
+            elif node.op == "call_module":
+                self.values[node] = self.module(node, self.modules[node.target])
+            elif node.op in ("call_function", "call_method"):
+                self.values[node] = self.function(node)
+            else:
+                raise ExportError(f"node {node.name}: {node.op} is not supported by the exporter")
+        raise ExportError("the traced graph has no output")
+
+    def arg(self, node: fx.Node, index: int = 0) -> str:
+        return self.values[node.args[index]]
+
+    def function(self, node: fx.Node) -> str:
+        name = getattr(node.target, "__name__", str(node.target))
+        if name == "flatten":
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            if start != 1:
+                raise ExportError(f"node {node.name}: flatten(start_dim={start}) is not supported (only 1)")
+            return self.g.op("Flatten", [self.arg(node)], node.name, axis=1)
+        raise ExportError(f"node {node.name}: {node.op} {name} has no ONNX export here; route it through a module")
+
+    def module(self, node: fx.Node, m: nn.Module) -> str:
+        where = node.target
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            return self.arg(node)
+        if isinstance(m, _BatchNorm):
+            return self.batchnorm(node, m)
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            return self.weighted(node, m)
+        if isinstance(m, nn.PReLU):
+            if isinstance(m, QuantPReLU) and (m.weight_quant or m.input_quant or m.output_quant):
+                raise ExportError(f"{where}: quantized PReLU slopes/outputs (quant_mode='quantface') have no integer "
+                                  "kernel; export a quant_mode='deploy' student")
+            slope = m.weight.detach().float().numpy()
+            shape = (-1, 1, 1) if slope.size > 1 else (1,)
+            return self.g.op("PRelu", [self.arg(node), self.g.const(f"{where}.slope", slope.reshape(shape))], where)
+        if isinstance(m, (Add, Mul)):
+            return self.binary(node, m)
+        if isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise ExportError(f"{where}: Flatten({m.start_dim}, {m.end_dim}) is not supported (only 1, -1)")
+            return self.g.op("Flatten", [self.arg(node)], where, axis=1)
+        if isinstance(m, nn.ZeroPad2d):
+            left, right, top, bottom = m.padding
+            pads = self.g.const(f"{where}.pads", np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64))
+            return self.g.op("Pad", [self.arg(node), pads], where, mode="constant")
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            return self.g.op("GlobalAveragePool", [self.arg(node)], where)
+        simple = {nn.ReLU: "Relu", nn.Sigmoid: "Sigmoid"}
+        if type(m) in simple:
+            return self.g.op(simple[type(m)], [self.arg(node)], where)
+        raise ExportError(f"{where}: {type(m).__name__} has no ONNX export here")
+
+    # ---- layers -----------------------------------------------------------------------------------
+    def batchnorm(self, node: fx.Node, bn: _BatchNorm) -> str:
+        source = node.args[0]
+        if self.folded.get(source) is bn:
+            return self.values[source]  # folded into the conv/linear that produced it
+        a, b = _bn_factors(bn)
+        shape = (-1, 1, 1) if isinstance(bn, nn.BatchNorm2d) else (-1,)
+        scaled = self.g.op("Mul", [self.arg(node), self.g.const(f"{node.target}.a",
+                                                               a.float().numpy().reshape(shape))], node.target)
+        return self.g.op("Add", [scaled, self.g.const(f"{node.target}.b", b.float().numpy().reshape(shape))],
+                         node.target)
+
+    def foldable_bn(self, node: fx.Node, m: nn.Module) -> _BatchNorm | None:
+        """The BN that reads only this layer's output (and the layer has no output quantizer), else None."""
+        if len(node.users) != 1 or getattr(m, "output_quant", None) is not None:
+            return None
+        user = next(iter(node.users))
+        bn = self.modules.get(user.target) if user.op == "call_module" else None
+        expected = nn.BatchNorm2d if isinstance(m, nn.Conv2d) else nn.BatchNorm1d
+        if isinstance(bn, expected) and bn.running_mean is not None and bn.num_features == m.weight.shape[0]:
+            return bn
+        return None
+
+    def weighted(self, node: fx.Node, m: nn.Conv2d | nn.Linear) -> str:
+        where = node.target
+        quantized = isinstance(m, (QuantConv2d, QuantLinear)) and m.weight_quant is not None
+        x, _ = _quantize_act(self.g, self.arg(node), getattr(m, "input_quant", None), f"{where}.input")
+        a, shift = torch.ones(m.weight.shape[0], dtype=torch.float64), 0.0
+        bn = self.foldable_bn(node, m)
+        if bn is not None:
+            a, shift = _bn_factors(bn)
+            self.folded[node] = bn
+        w, _ = self.weight(m, where, a) if quantized else \
+            (self.g.const(f"{where}.weight", (m.weight.detach().double() * a.view((-1,) + (1,) * (m.weight.dim() - 1)))
+                          .float().numpy()), None)
+        bias = m.effective_bias() if quantized else m.bias  # after self.weight: the weight scales are current
+        bias = (torch.zeros_like(a) if bias is None else bias.detach().double()) * a + shift
+        if quantized and m.quantize_bias:  # int32 bias at s_in * s_w, as the student and the kernel add it
+            grid = (bias_scale(m).double() * a.abs()).float()
+            b = self.g.op("DequantizeLinear", [
+                self.g.const(f"{where}.bias", torch.round(bias / grid.double()).clamp(-2**31, 2**31 - 1)
+                             .to(torch.int32).numpy()),
+                self.g.const(f"{where}.bias_scale", grid.numpy()),
+                self.g.const(f"{where}.bias_zero", np.zeros(len(bias), np.int32))], f"{where}.bias_dq", axis=0)
+        else:
+            b = self.g.const(f"{where}.bias", bias.float().numpy())
+        if isinstance(m, nn.Conv2d):
+            out = self.conv(node, m, x, w, b)
+        else:
+            out = self.g.op("Gemm", [x, w, b], where, transB=1)
+        out, _ = _quantize_act(self.g, out, getattr(m, "output_quant", None), f"{where}.output")
+        return out
+
+    def weight(self, m: nn.Conv2d | nn.Linear, where: str, a: torch.Tensor) -> tuple[str, torch.Tensor]:
+        """DequantizeLinear of the stored integer weights (BN factor ``a`` folded into the channel scales);
+        returns (tensor name, per-channel scales)."""
+        ints, scale = _weight_ints(m, where)
+        view = (-1,) + (1,) * (m.weight.dim() - 1)
+        ints, scale = ints * torch.sign(a).view(view).long(), scale * a.abs()  # BN folded exactly
+        depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+        if self.int8_weights or depthwise or m.weight_quant.num_bits <= SAFE_INT8_BITS:
+            stored, zero = ints.to(torch.int8).numpy(), np.zeros(len(scale), np.int8)
+        else:
+            stored, zero = (ints + 128).to(torch.uint8).numpy(), np.full(len(scale), 128, np.uint8)
+        name = self.g.op("DequantizeLinear", [self.g.const(f"{where}.weight", stored),
+                                              self.g.const(f"{where}.weight_scale", scale.float().numpy()),
+                                              self.g.const(f"{where}.weight_zero", zero)], f"{where}.weight_dq", axis=0)
+        return name, scale
+
+    def conv(self, node: fx.Node, m: nn.Conv2d, x: str, w: str, b: str) -> str:
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise ExportError(f"{node.target}: padding {m.padding!r} / {m.padding_mode} is not supported")
+        ph, pw = m.padding
+        return self.g.op("Conv", [x, w, b], node.target, kernel_shape=list(m.kernel_size), strides=list(m.stride),
+                         pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
+
+    def binary(self, node: fx.Node, m: Add | Mul) -> str:
+        quantized = isinstance(m, (QuantAdd, QuantMul))
+        inputs = []
+        for index, name in enumerate(("input0_quant", "input1_quant")):
+            q = getattr(m, name) if quantized else None
+            inputs.append(_quantize_act(self.g, self.arg(node, index), q, f"{node.target}.input{index}")[0])
+        out = self.g.op("Add" if isinstance(m, Add) else "Mul", inputs, node.target)
+        return _quantize_act(self.g, out, m.output_quant if quantized else None, f"{node.target}.output")[0]
+
+
+def to_onnx(model: nn.Module, meta: dict[str, Any] | None = None, int8_weights: bool = False) -> onnx.ModelProto:
+    """The ONNX model of a float backbone or deploy-mode student (``model`` is not changed); see the module
+    docstring for ``int8_weights``."""
+    model = getattr(model, "module", model)
+    spec = input_spec_of(model)
+    student = any(True for _ in quant.quantizers(model))
+    if student and (meta or {}).get("quant", {}).get("mode") == "quantface":
+        raise ExportError("quant_mode='quantface' students (asymmetric weights, quantized PReLU) have no exact "
+                          "int8 form; train a quant_mode='deploy' student to export it")
+    was_training = model.training
+    model.eval()
+    try:
+        if student:
+            quant.set_observers(model, False)
+        with torch.no_grad():
+            exporter = _Exporter(model, int8_weights)
+            output, _ = exporter.run()
+    finally:
+        model.train(was_training)
+    g = exporter.g
+    g.nodes.append(helper.make_node("Identity", [output], [OUTPUT], name=OUTPUT))
+    graph = helper.make_graph(
+        g.nodes, "quantface", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, spec.size,
+                                                                                          spec.size])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", None])], g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="quantface")
+    proto.ir_version = 8
+    helper.set_model_props(proto, {SPEC_KEY: json.dumps(spec.to_dict()), META_KEY: json.dumps(meta or {})})
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None,
+                int8_weights: bool = False) -> Path:
+    """Write ``to_onnx(model, meta, int8_weights)`` to ``path`` atomically."""
+    return atomic_write_bytes(path, to_onnx(model, meta, int8_weights).SerializeToString())

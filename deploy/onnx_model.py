@@ -1,0 +1,71 @@
+"""An exported ``.onnx`` face model run by onnxruntime, usable wherever a backbone is (evaluation, demo).
+
+``OnnxModel`` is an ``nn.Module`` whose forward feeds the normalised batch to an onnxruntime session
+and returns the embeddings as a tensor; it carries the ``InputSpec`` stored in the file's metadata,
+so evaluation aligns and normalises exactly as for the PyTorch model it was exported from.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from backbones.spec import InputSpec
+from deploy.onnx_export import META_KEY, SPEC_KEY
+
+
+class OnnxModelError(ValueError):
+    """An .onnx file cannot be loaded or run; the message names the file."""
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """All graph optimisations (onnxruntime fuses QDQ groups into integer kernels); ``threads`` intra-op
+    threads (0 = onnxruntime's default: one per core)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return options
+
+
+class OnnxModel(nn.Module):
+    """``model(x)``: float [B, 3, S, S] normalised images (any device) -> float32 embeddings [B, D] on CPU."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0, spec: InputSpec | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise OnnxModelError(f"ONNX model not found: {self.path}")
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options(threads),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise OnnxModelError(f"cannot load ONNX model {self.path}: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''} (truncated or not an ONNX file?)"
+                                 ) from exc
+        props = self.session.get_modelmeta().custom_metadata_map
+        if spec is None and SPEC_KEY not in props:
+            raise OnnxModelError(f"{self.path} has no '{SPEC_KEY}' metadata (not exported by tools.export_onnx); "
+                                 "pass the input spec explicitly")
+        self.input_spec = spec or InputSpec.from_dict(json.loads(props[SPEC_KEY]))
+        self.meta: dict[str, Any] = json.loads(props.get(META_KEY, "{}"))
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise OnnxModelError(f"{self.path} has {len(inputs)} inputs; a face model takes one image batch")
+        self.input_name = inputs[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).contiguous().numpy())
+        (out,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(out)
+
+    @property
+    def size_mb(self) -> float:
+        """The file's size in decimal MB (what is shipped)."""
+        return self.path.stat().st_size / 1e6

@@ -1,0 +1,136 @@
+"""Packed low-bit students: each quantized weight stored in its own bit width, restored exactly.
+
+A ``.qfpack`` file is a ``torch.save`` dict of plain tensors and values (read with
+``torch.load(weights_only=True)``): the student's metadata (network, constructor keywords, quantization
+config), every state entry that is not a quantized weight as it is, and for each per-channel symmetric
+quantized weight its integers ``q`` offset to ``[0, 2^b - 2]`` and bit-packed ``b`` bits each, plus one
+float per output channel.  For a min/max-observed weight that float is the channel's largest magnitude
+``m``: the loader writes ``q * m / qmax`` and ``+-m`` itself where ``|q| = qmax``, so the range the
+quantizer recomputes is ``m`` again, its scale is bit-identical and so is every quantized weight (and
+therefore every output).  For a learned (LSQ) weight scale the scale itself is in the state.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import quant
+from quant.checkpoint import build_quantized, rebuild_student
+from quant.quantizer import FakeQuantizer, qparams_from_range
+from utils.checkpoint import CheckpointError
+from utils.fileio import atomic_torch_save
+
+FORMAT, VERSION = "quantface-packed", 1
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned integers ``< 2^bits`` -> ``ceil(n * bits / 8)`` bytes, least significant bit first."""
+    shifts = np.arange(bits, dtype=np.uint32)
+    planes = ((values.astype(np.uint32).reshape(-1, 1) >> shifts) & 1).astype(np.uint8)
+    return np.packbits(planes.reshape(-1), bitorder="little")
+
+
+def unpack_bits(data: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of ``pack_bits`` for ``count`` values."""
+    planes = np.unpackbits(data, count=count * bits, bitorder="little").reshape(count, bits).astype(np.uint32)
+    return (planes << np.arange(bits, dtype=np.uint32)).sum(axis=1).astype(np.int64)
+
+
+def _packable(module: nn.Module) -> FakeQuantizer | None:
+    q = getattr(module, "weight_quant", None)
+    if isinstance(q, FakeQuantizer) and q.per_channel and q.symmetric and isinstance(module.weight, torch.Tensor):
+        return q
+    return None
+
+
+@torch.no_grad()
+def pack_student(student: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    """The packed form of a quantized student (see the module docstring); ``meta`` must hold ``network``,
+    ``network_kwargs`` and ``quant`` (as in a ``quant.save_quantized`` checkpoint)."""
+    student = getattr(student, "module", student)
+    if not any(True for _ in quant.quantizers(student)):
+        raise ValueError("pack_student got a float model: pack quantized students (quant.load_quantized)")
+    state = dict(student.state_dict())
+    packed: dict[str, dict[str, Any]] = {}
+    for name, module in student.named_modules():
+        q = _packable(module)
+        if q is None:
+            continue
+        weight = module.weight.detach().float()
+        if q.learnable:
+            scale = q.scale.detach().float().clamp_min(torch.finfo(torch.float32).eps)
+            peak = None
+        else:
+            mn, mx = q.estimator(weight)
+            scale, _ = qparams_from_range(mn, mx, q.quant_min, q.quant_max, True)
+            peak = torch.maximum(-mn.clamp(max=0.0), mx.clamp(min=0.0))
+        view = (-1,) + (1,) * (weight.dim() - 1)
+        ints = torch.round(weight / scale.view(view)).clamp(q.quant_min, q.quant_max).long()
+        key = f"{name}.weight"
+        packed[key] = {"bits": q.num_bits, "shape": list(weight.shape),
+                       "data": torch.from_numpy(pack_bits((ints - q.quant_min).numpy().reshape(-1), q.num_bits)),
+                       "peak": peak}
+        del state[key]
+    return {"format": FORMAT, "version": VERSION, "meta": dict(meta), "state": state, "packed": packed}
+
+
+def save_packed(path: str | os.PathLike, student: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write the packed student atomically."""
+    return atomic_torch_save(pack_student(student, meta), path)
+
+
+def _restore_weight(entry: dict[str, Any], quantizer: FakeQuantizer, source: str, key: str) -> torch.Tensor:
+    bits, shape = int(entry["bits"]), [int(s) for s in entry["shape"]]
+    if bits != quantizer.num_bits:
+        raise CheckpointError(f"{source}: {key} is packed at {bits} bits but the rebuilt student quantizes it at "
+                              f"{quantizer.num_bits}; the file's metadata and weights disagree")
+    count = int(np.prod(shape))
+    ints = torch.from_numpy(unpack_bits(entry["data"].numpy(), bits, count)) + quantizer.quant_min
+    ints = ints.reshape(shape)
+    if entry["peak"] is None:
+        return ints.float()  # learned scale: multiplied in below, once the scale is loaded
+    peak = entry["peak"].float()
+    view = (-1,) + (1,) * (len(shape) - 1)
+    scale, _ = qparams_from_range(-peak, peak, quantizer.quant_min, quantizer.quant_max, True)
+    weight = ints.float() * scale.view(view)
+    full = peak.view(view).expand_as(weight)
+    weight = torch.where(ints == quantizer.quant_max, full, weight)
+    return torch.where(ints == quantizer.quant_min, -full, weight)
+
+
+def load_packed(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """``(student, meta)`` rebuilt from a packed file: its outputs equal the original student's exactly."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"packed student not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read packed student {path}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a packed student (no '{FORMAT}' format tag)")
+    if blob.get("version") != VERSION:
+        raise CheckpointError(f"{path} is packed in format version {blob.get('version')}; this reader knows {VERSION}")
+    meta, state = blob["meta"], dict(blob["state"])
+    shell = rebuild_student(meta, str(path))
+    modules = dict(shell.named_modules())
+    learned = []
+    for key, entry in blob["packed"].items():
+        quantizer = _packable(modules.get(key.rsplit(".", 1)[0]))
+        if quantizer is None:
+            raise CheckpointError(f"{path}: packed weight {key} has no per-channel quantizer in the rebuilt student")
+        state[key] = _restore_weight(entry, quantizer, str(path), key)
+        if entry["peak"] is None:
+            learned.append(key)
+    for key in learned:  # integers x the learned scale the state holds
+        scale = state[key.rsplit(".", 1)[0] + ".weight_quant.scale"].float()
+        scale = scale.clamp_min(torch.finfo(torch.float32).eps).view((-1,) + (1,) * (state[key].dim() - 1))
+        state[key] = state[key] * scale
+    student = build_quantized(state, meta, str(path))
+    return student.to(map_location), meta

@@ -1,0 +1,59 @@
+"""Export a checkpoint to ONNX: a float model to fp32, a quantized (deploy-mode) student to int8 QDQ.
+
+    python -m tools.export_onnx CHECKPOINT -o OUT.onnx [--network r100] [--int8-weights]
+    python -m tools.export_onnx CHECKPOINT --packed OUT.qfpack      # also/instead: the packed low-bit file
+
+CHECKPOINT is this project's checkpoint (``student_final.pt`` or a float one) or an arcface_torch
+``backbone.pth`` (give ``--network``).  The int8 graph takes the normalised image batch (dynamic batch
+size); the input spec is in its metadata.  ``--int8-weights`` stores 8-bit dense weights as int8 (the
+fastest form on CPUs with VNNI or ARM dot products; on other x86 CPUs onnxruntime's u8 x s8 kernels
+saturate with 8-bit weights, so by default they are stored as uint8 with zero point 128, exact
+everywhere).  ``--packed`` writes each quantized weight in its own bit width (``deploy.packed``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import quant
+from deploy import ExportError, export_onnx
+from deploy.packed import save_packed
+from eval.report import bits_label
+from utils.checkpoint import CheckpointError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="float checkpoint, quantized student, or arcface_torch backbone.pth")
+    parser.add_argument("-o", "--output", help="ONNX file to write")
+    parser.add_argument("--packed", help="packed low-bit file to write (quantized students only)")
+    parser.add_argument("--network", default=None, help="backbone name for checkpoints without metadata")
+    parser.add_argument("--int8-weights", action="store_true",
+                        help="8-bit dense weights as int8 (exact on VNNI / ARM dot-product CPUs only)")
+    args = parser.parse_args(argv)
+    if not args.output and not args.packed:
+        parser.error("nothing to write: give -o OUT.onnx and/or --packed OUT.qfpack")
+    try:
+        model, meta = quant.load_any_model(args.checkpoint, args.network)
+        fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 1e6
+        label = bits_label(meta)
+        if args.output:
+            path = export_onnx(model, args.output, meta={**meta, "bits": label, "source": str(args.checkpoint)},
+                               int8_weights=args.int8_weights)
+            print(f"wrote {path}: {label}, {path.stat().st_size / 1e6:.2f} MB "
+                  f"({path.stat().st_size / 1e6 / fp32_mb:.3f}x the {fp32_mb:.2f} MB of fp32 parameters)")
+        if args.packed:
+            if not meta.get("quant"):
+                raise ExportError(f"{args.checkpoint} is a float model; --packed stores quantized students")
+            path = save_packed(Path(args.packed), model, meta)
+            print(f"wrote {path}: {label}, {path.stat().st_size / 1e6:.2f} MB "
+                  f"({path.stat().st_size / 1e6 / fp32_mb:.3f}x the {fp32_mb:.2f} MB of fp32 parameters)")
+    except (CheckpointError, ExportError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
