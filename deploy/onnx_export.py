@@ -115,11 +115,10 @@ def _weight_ints(layer: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tens
     if q.num_bits > 8:
         raise ExportError(f"{where}: {q.num_bits}-bit weights do not fit int8 containers")
     with torch.no_grad():
-        if not q.learnable:
-            q.observe(layer.weight)  # the scale the fake quantizer uses for these weights
+        fake = q(layer.weight.detach())  # exactly the student's quantized weight (and its current scale)
         scale = q.scale.detach().double().clamp_min(torch.finfo(torch.float32).eps)
         view = (-1,) + (1,) * (layer.weight.dim() - 1)
-        ints = torch.round(layer.weight.detach().double() / scale.view(view)).clamp(q.quant_min, q.quant_max)
+        ints = torch.round(fake.double() / scale.view(view)).clamp(q.quant_min, q.quant_max)
     return ints.long(), scale
 
 
@@ -241,11 +240,10 @@ class _Exporter:
         bias = (torch.zeros_like(a) if bias is None else bias.detach().double()) * a + shift
         if quantized and m.quantize_bias:  # int32 bias at s_in * s_w, as the student and the kernel add it
             grid = (bias_scale(m).double() * a.abs()).float()
-            b = self.g.op("DequantizeLinear", [
+            b = self.g.op("DequantizeLinear", [  # zero point omitted: 0, and 4 bytes a channel saved
                 self.g.const(f"{where}.bias", torch.round(bias / grid.double()).clamp(-2**31, 2**31 - 1)
                              .to(torch.int32).numpy()),
-                self.g.const(f"{where}.bias_scale", grid.numpy()),
-                self.g.const(f"{where}.bias_zero", np.zeros(len(bias), np.int32))], f"{where}.bias_dq", axis=0)
+                self.g.const(f"{where}.bias_scale", grid.numpy())], f"{where}.bias_dq", axis=0)
         else:
             b = self.g.const(f"{where}.bias", bias.float().numpy())
         if isinstance(m, nn.Conv2d):
@@ -262,13 +260,13 @@ class _Exporter:
         view = (-1,) + (1,) * (m.weight.dim() - 1)
         ints, scale = ints * torch.sign(a).view(view).long(), scale * a.abs()  # BN folded exactly
         depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+        inputs = [None, self.g.const(f"{where}.weight_scale", scale.float().numpy())]
         if self.int8_weights or depthwise or m.weight_quant.num_bits <= SAFE_INT8_BITS:
-            stored, zero = ints.to(torch.int8).numpy(), np.zeros(len(scale), np.int8)
+            inputs[0] = self.g.const(f"{where}.weight", ints.to(torch.int8).numpy())  # zero point 0: omitted
         else:
-            stored, zero = (ints + 128).to(torch.uint8).numpy(), np.full(len(scale), 128, np.uint8)
-        name = self.g.op("DequantizeLinear", [self.g.const(f"{where}.weight", stored),
-                                              self.g.const(f"{where}.weight_scale", scale.float().numpy()),
-                                              self.g.const(f"{where}.weight_zero", zero)], f"{where}.weight_dq", axis=0)
+            inputs[0] = self.g.const(f"{where}.weight", (ints + 128).to(torch.uint8).numpy())
+            inputs.append(self.g.const(f"{where}.weight_zero", np.full(len(scale), 128, np.uint8)))
+        name = self.g.op("DequantizeLinear", inputs, f"{where}.weight_dq", axis=0)
         return name, scale
 
     def conv(self, node: fx.Node, m: nn.Conv2d, x: str, w: str, b: str) -> str:

@@ -4,7 +4,9 @@ A ``.qfpack`` file is a ``torch.save`` dict of plain tensors and values (read wi
 ``torch.load(weights_only=True)``): the student's metadata (network, constructor keywords, quantization
 config), every state entry that is not a quantized weight as it is, and for each per-channel symmetric
 quantized weight its integers ``q`` offset to ``[0, 2^b - 2]`` and bit-packed ``b`` bits each, plus one
-float per output channel.  For a min/max-observed weight that float is the channel's largest magnitude
+float per output channel.  Grid constants (``bits``/``qmin``/``qmax``) and the scales of min/max-observed
+weights are recomputed by the loader and symmetric zero points are 0, so they are not stored; the rest is concatenated into one buffer
+per dtype (a file entry per tensor would cost more than a small layer's values).  For a min/max-observed weight that float is the channel's largest magnitude
 ``m``: the loader writes ``q * m / qmax`` and ``+-m`` itself where ``|q| = qmax``, so the range the
 quantizer recomputes is ``m`` again, its scale is bit-identical and so is every quantized weight (and
 therefore every output).  For a learned (LSQ) weight scale the scale itself is in the state.
@@ -41,6 +43,29 @@ def unpack_bits(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     return (planes << np.arange(bits, dtype=np.uint32)).sum(axis=1).astype(np.int64)
 
 
+_GRID_KEYS = (".bits", ".qmin", ".qmax")
+
+
+def _flatten(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Tensors -> one contiguous buffer per dtype plus (name, dtype, offset, shape) rows."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    index = []
+    for name, tensor in state.items():
+        key = str(tensor.dtype).removeprefix("torch.")
+        chunks = groups.setdefault(key, [])
+        index.append([name, key, sum(c.numel() for c in chunks), list(tensor.shape)])
+        chunks.append(tensor.detach().reshape(-1).cpu())
+    return {"index": index, "buffers": {key: torch.cat(chunks) for key, chunks in groups.items()}}
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, torch.Tensor]:
+    state = {}
+    for name, key, offset, shape in flat["index"]:
+        count = int(np.prod(shape)) if shape else 1
+        state[name] = flat["buffers"][key][offset:offset + count].reshape(shape).clone()
+    return state
+
+
 def _packable(module: nn.Module) -> FakeQuantizer | None:
     q = getattr(module, "weight_quant", None)
     if isinstance(q, FakeQuantizer) and q.per_channel and q.symmetric and isinstance(module.weight, torch.Tensor):
@@ -57,6 +82,8 @@ def pack_student(student: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("pack_student got a float model: pack quantized students (quant.load_quantized)")
     state = dict(student.state_dict())
     packed: dict[str, dict[str, Any]] = {}
+    data: list[np.ndarray] = []
+    peaks: list[torch.Tensor] = []
     for name, module in student.named_modules():
         q = _packable(module)
         if q is None:
@@ -70,13 +97,23 @@ def pack_student(student: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
             scale, _ = qparams_from_range(mn, mx, q.quant_min, q.quant_max, True)
             peak = torch.maximum(-mn.clamp(max=0.0), mx.clamp(min=0.0))
         view = (-1,) + (1,) * (weight.dim() - 1)
-        ints = torch.round(weight / scale.view(view)).clamp(q.quant_min, q.quant_max).long()
+        fake = q(weight)  # the student's own rounding, so the integers are exactly what it uses
+        ints = torch.round(fake.double() / scale.double().view(view)).clamp(q.quant_min, q.quant_max).long()
         key = f"{name}.weight"
-        packed[key] = {"bits": q.num_bits, "shape": list(weight.shape),
-                       "data": torch.from_numpy(pack_bits((ints - q.quant_min).numpy().reshape(-1), q.num_bits)),
-                       "peak": peak}
+        bytes_ = pack_bits((ints - q.quant_min).numpy().reshape(-1), q.num_bits)
+        packed[key] = {"bits": q.num_bits, "shape": list(weight.shape), "offset": sum(len(d) for d in data),
+                       "peak": -1 if peak is None else sum(len(p) for p in peaks)}
+        data.append(bytes_)
+        if peak is not None:
+            peaks.append(peak.float())
         del state[key]
-    return {"format": FORMAT, "version": VERSION, "meta": dict(meta), "state": state, "packed": packed}
+        del state[f"{name}.weight_quant.zero_point"]  # symmetric: always 0
+        if not q.learnable:  # recomputed from the restored weights at every forward
+            del state[f"{name}.weight_quant.scale"]
+    state = {k: v for k, v in state.items() if not k.endswith(_GRID_KEYS)}
+    return {"format": FORMAT, "version": VERSION, "meta": dict(meta), "state": _flatten(state), "packed": packed,
+            "data": torch.from_numpy(np.concatenate(data) if data else np.zeros(0, np.uint8)),
+            "peaks": torch.cat(peaks) if peaks else torch.zeros(0)}
 
 
 def save_packed(path: str | os.PathLike, student: nn.Module, meta: dict[str, Any]) -> Path:
@@ -84,17 +121,18 @@ def save_packed(path: str | os.PathLike, student: nn.Module, meta: dict[str, Any
     return atomic_torch_save(pack_student(student, meta), path)
 
 
-def _restore_weight(entry: dict[str, Any], quantizer: FakeQuantizer, source: str, key: str) -> torch.Tensor:
+def _restore_weight(blob: dict[str, Any], key: str, quantizer: FakeQuantizer, source: str) -> torch.Tensor:
+    entry = blob["packed"][key]
     bits, shape = int(entry["bits"]), [int(s) for s in entry["shape"]]
     if bits != quantizer.num_bits:
         raise CheckpointError(f"{source}: {key} is packed at {bits} bits but the rebuilt student quantizes it at "
                               f"{quantizer.num_bits}; the file's metadata and weights disagree")
-    count = int(np.prod(shape))
-    ints = torch.from_numpy(unpack_bits(entry["data"].numpy(), bits, count)) + quantizer.quant_min
-    ints = ints.reshape(shape)
-    if entry["peak"] is None:
+    count, offset = int(np.prod(shape)), int(entry["offset"])
+    data = blob["data"].numpy()[offset:offset + (count * bits + 7) // 8]
+    ints = (torch.from_numpy(unpack_bits(data, bits, count)) + quantizer.quant_min).reshape(shape)
+    if entry["peak"] < 0:
         return ints.float()  # learned scale: multiplied in below, once the scale is loaded
-    peak = entry["peak"].float()
+    peak = blob["peaks"][int(entry["peak"]):int(entry["peak"]) + shape[0]].float()
     view = (-1,) + (1,) * (len(shape) - 1)
     scale, _ = qparams_from_range(-peak, peak, quantizer.quant_min, quantizer.quant_max, True)
     weight = ints.float() * scale.view(view)
@@ -117,16 +155,20 @@ def load_packed(path: str | os.PathLike, map_location: str | torch.device = "cpu
         raise CheckpointError(f"{path} is not a packed student (no '{FORMAT}' format tag)")
     if blob.get("version") != VERSION:
         raise CheckpointError(f"{path} is packed in format version {blob.get('version')}; this reader knows {VERSION}")
-    meta, state = blob["meta"], dict(blob["state"])
+    meta, state = blob["meta"], _unflatten(blob["state"])
     shell = rebuild_student(meta, str(path))
+    for key, value in shell.state_dict().items():  # grid constants and recomputed weight scales
+        if key.endswith(_GRID_KEYS) or (key.endswith((".weight_quant.scale", ".weight_quant.zero_point"))
+                                        and key.rsplit(".weight_quant.", 1)[0] + ".weight" in blob["packed"]):
+            state.setdefault(key, value)
     modules = dict(shell.named_modules())
     learned = []
     for key, entry in blob["packed"].items():
         quantizer = _packable(modules.get(key.rsplit(".", 1)[0]))
         if quantizer is None:
             raise CheckpointError(f"{path}: packed weight {key} has no per-channel quantizer in the rebuilt student")
-        state[key] = _restore_weight(entry, quantizer, str(path), key)
-        if entry["peak"] is None:
+        state[key] = _restore_weight(blob, key, quantizer, str(path))
+        if entry["peak"] < 0:
             learned.append(key)
     for key in learned:  # integers x the learned scale the state holds
         scale = state[key.rsplit(".", 1)[0] + ".weight_quant.scale"].float()

@@ -1,0 +1,208 @@
+"""deploy/: ONNX export run by onnxruntime, packed low-bit students, and evaluating the shipped files.
+
+The int8 agreement is measured on the real pretrained teacher (a trained network, where it is meaningful);
+random-init students are chaotic (a 1e-5 change of the input moves their embedding more than int8 kernels
+do), so for them the graph is checked exactly where no activation rounding is involved and, with
+activation rounding, against that perturbation baseline.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quant
+from assets import ensure_asset
+from backbones import get_model, load_float_model
+from data import GeneratedFaces
+from data.realfaces import aligned_real_faces
+from deploy import ExportError, OnnxModel, OnnxModelError, export_onnx
+from deploy.loading import load_model_file
+from deploy.onnx_model import session_options
+from deploy.packed import load_packed, pack_bits, save_packed, unpack_bits
+from eval.verification import write_bin
+from tools import export_onnx as export_tool
+from utils.checkpoint import CheckpointError, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parent.parent
+SMALL = {"mbf": {"num_features": 64, "blocks": [1, 1, 1, 1], "scale": 1}, "r18": {"num_features": 64},
+         "vargfacenet": {"num_features": 64, "multiplier": 0.5}, "mfn_tflite": {}}
+
+
+@pytest.fixture(scope="module")
+def faces() -> list[torch.Tensor]:
+    """Five batches of 16 generated faces, normalised for the ArcFace input spec (calibration and checks)."""
+    generator = GeneratedFaces(ensure_asset("gan_face_generate"), 80, seed=5)
+    spec = get_model("mbf").input_spec
+    return [spec.normalise(generator.generate(range(i, i + 16))) for i in range(0, 80, 16)]
+
+
+def realistic(name: str, faces: list[torch.Tensor]) -> torch.nn.Module:
+    """A small random-init backbone whose BatchNorm statistics come from a pass over faces."""
+    torch.manual_seed(0)
+    model = get_model(name, **SMALL[name])
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+        bn.momentum = None
+        bn.reset_running_stats()
+    with torch.no_grad():
+        model.train()(torch.cat(faces[:4]))
+    return model.eval()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(a.float(), b.float())
+
+
+def assert_float_close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to float32 rounding of a deep network: within 1e-4 of the output's largest magnitude."""
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_fp32_export_and_float_activation_students_match_pytorch(name, faces, tmp_path):
+    model = realistic(name, faces)
+    x = faces[4][:4]
+    path = export_onnx(model, tmp_path / "fp32.onnx")
+    with torch.no_grad():
+        assert_float_close(OnnxModel(path)(x), model(x))
+    # quantized weights (BN folded at export where the student kept it), activations left float: exact
+    for bn_mode in ("frozen", "fold"):
+        student = quant.quantize_model(model, quant.QuantConfig(weight_bits=6, act_bits=32, bn_mode=bn_mode)).eval()
+        path = export_onnx(student, tmp_path / f"w6_{bn_mode}.onnx")
+        with torch.no_grad():
+            assert_float_close(OnnxModel(path)(x), student(x))
+
+
+@pytest.mark.parametrize("name", ["mbf", "r18", "vargfacenet"])
+def test_int8_students_agree_as_closely_as_float_rounding_allows(name, faces, tmp_path):
+    student = quant.post_training_quantize(realistic(name, faces), quant.QuantConfig(bn_mode="fold"), faces[:4],
+                                           4).student.eval()
+    onnx_model = OnnxModel(export_onnx(student, tmp_path / "int8.onnx"))
+    x = faces[4]
+    with torch.no_grad():
+        reference = student(x)
+        perturbed = student(x + 1e-5 * torch.randn_like(x, generator=torch.Generator().manual_seed(0)))
+    ours, baseline = cosine(onnx_model(x), reference), cosine(perturbed, reference)
+    assert ours.mean() >= baseline.mean() and ours.mean() > 0.7, (ours.mean(), baseline.mean())
+
+
+def test_int8_teacher_student_runs_on_integer_kernels_and_agrees_on_real_photos(faces, tmp_path):
+    teacher = load_float_model(ensure_asset("mobilefacenet_tflite")).eval()
+    spec = teacher.input_spec
+    generator = GeneratedFaces(ensure_asset("gan_face_generate"), 96, seed=5)
+    calibration = [spec.normalise(generator.generate(range(i, i + 16))) for i in range(0, 64, 16)]
+    qcfg = quant.QuantConfig(bn_mode="frozen", equalize=True, bias_correction=True)  # the demo's recipe
+    student = quant.post_training_quantize(teacher, qcfg, calibration, 4).student.eval()
+    path = export_onnx(student, tmp_path / "student.onnx", meta={"quant": qcfg.to_dict()})
+    images, _, _ = aligned_real_faces(spec=spec)
+    real = spec.normalise(torch.from_numpy(images).permute(0, 3, 1, 2))
+    held_out = spec.normalise(generator.generate(range(64, 96)))
+    model = OnnxModel(path)
+    assert model.input_spec == spec and model.meta["quant"]["weight_bits"] == 8
+    with torch.no_grad():
+        for x, mean_goal, min_goal in ((real, 0.998, 0.995), (held_out, 0.998, 0.99)):
+            agreement = cosine(model(x), student(x))  # measured here: 0.9992 / 0.9985 real, 0.9985 / 0.992 held out
+            assert agreement.mean() >= mean_goal and agreement.min() >= min_goal, (agreement.mean(), agreement.min())
+
+    options = session_options()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    assert ops.count("QLinearConv") >= 10 and "QLinearAdd" in ops  # onnxruntime fused the QDQ groups
+    fp32 = export_onnx(teacher, tmp_path / "teacher.onnx")
+    assert path.stat().st_size <= 0.3 * fp32.stat().st_size  # a mobile net: per-channel scales and biases add ~5 %
+
+
+def test_packed_students_restore_exactly_and_are_small(faces, tmp_path):
+    torch.manual_seed(0)
+    model = get_model("mbf").eval()  # full width (2.1 M parameters): per-channel floats weigh as in real use
+    fp32 = save_checkpoint(tmp_path / "fp32.pt", model.state_dict(), {"network": "mbf", "network_kwargs": {}})
+    x = faces[4][:4]
+    cases = {"w6": (quant.QuantConfig(weight_bits=6, act_bits=6, bn_mode="fold"), 0.20),
+             "w4": (quant.QuantConfig(weight_bits=4, act_bits=4, bn_mode="fold"), 0.14),
+             "mixed": (quant.QuantConfig(weight_bits=4, act_bits=4, bn_mode="fold",
+                                         layer_bits={"layers.0.*": [8, 8], "features.*": [8, 8]}), 0.20),
+             "lsq": (quant.QuantConfig(weight_bits=4, act_bits=8, bn_mode="fold", weight_observer="lsq",
+                                       act_observer="lsq"), 0.141)}  # measured 0.1403: learned ranges add state
+    for label, (qcfg, ratio) in cases.items():
+        student = quant.post_training_quantize(model, qcfg, faces[:2], 2).student.eval()
+        with torch.no_grad():
+            for q in (q for _, q in quant.quantizers(student) if q.learnable):  # move learned scales off their init
+                q.scale.mul_(1.1)
+            expected = student(x)
+        meta = {"network": "mbf", "network_kwargs": {}, "quant": qcfg.to_dict()}
+        path = save_packed(tmp_path / f"{label}.qfpack", student, meta)
+        loaded, loaded_meta = load_packed(path)
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(x), expected), label
+        assert loaded_meta["quant"] == qcfg.to_dict()
+        assert path.stat().st_size <= ratio * fp32.stat().st_size, (label, path.stat().st_size / fp32.stat().st_size)
+
+
+def test_bit_packing_round_trips_every_width():
+    generator = torch.Generator().manual_seed(0)
+    for bits in range(2, 9):
+        values = torch.randint(0, 2 ** bits, (1001,), generator=generator).numpy()
+        packed = pack_bits(values, bits)
+        assert len(packed) == math.ceil(1001 * bits / 8)
+        assert (unpack_bits(packed, bits, 1001) == values).all()
+
+
+def test_bad_inputs_give_one_clear_error(faces, tmp_path, capsys):
+    model = realistic("mbf", faces)
+    quantface = quant.QuantConfig(mode="quantface", bn_mode="fold")
+    student = quant.post_training_quantize(model, quantface, faces[:1], 1).student
+    with pytest.raises(ExportError, match="quant_mode='quantface' students"):
+        export_onnx(student, tmp_path / "qf.onnx", meta={"quant": quantface.to_dict()})
+    with pytest.raises(ExportError, match="int8 kernels need per-channel symmetric weights"):  # the first layer
+        export_onnx(student, tmp_path / "qf.onnx")
+
+    good = export_onnx(model, tmp_path / "good.onnx")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(OnnxModelError, match="cannot load ONNX model .*truncated.onnx"):
+        OnnxModel(truncated)
+    with pytest.raises(OnnxModelError, match="ONNX model not found"):
+        OnnxModel(tmp_path / "missing.onnx")
+
+    fp32 = save_checkpoint(tmp_path / "fp32.pt", model.state_dict(), {"network": "mbf", "network_kwargs": SMALL["mbf"]})
+    assert export_tool.main([str(fp32), "--packed", str(tmp_path / "x.qfpack")]) == 1
+    assert "is a float model; --packed stores quantized students" in capsys.readouterr().err
+    (tmp_path / "junk.qfpack").write_bytes(b"not a file of ours")
+    with pytest.raises(CheckpointError, match="cannot read packed student .*junk.qfpack"):
+        load_packed(tmp_path / "junk.qfpack")
+
+
+def test_export_tool_and_eval_benchmarks_run_the_shipped_files(faces, tmp_path):
+    model = realistic("mbf", faces)
+    qcfg = quant.QuantConfig(weight_bits=4, act_bits=8, bn_mode="fold")
+    student = quant.post_training_quantize(model, qcfg, faces[:2], 2).student
+    ckpt = quant.save_quantized(tmp_path / "student.pt", student, "mbf", SMALL["mbf"], qcfg)
+    assert export_tool.main([str(ckpt), "-o", str(tmp_path / "student.onnx"),
+                             "--packed", str(tmp_path / "student.qfpack")]) == 0
+    images, identities, _ = aligned_real_faces()
+    pairs = [(images[i], images[j]) for i in range(6) for j in range(i + 1, 6)][:10]
+    write_bin(tmp_path / "lfw.bin", [face for pair in pairs for face in pair],
+              [identities[i] == identities[j] for i in range(6) for j in range(i + 1, 6)][:10])
+    out = tmp_path / "eval"
+    run = subprocess.run([sys.executable, "eval_benchmarks.py", "--checkpoint", str(ckpt), str(tmp_path / "student.onnx"),
+                          str(tmp_path / "student.qfpack"), "--data-dir", str(tmp_path), "--targets", "lfw",
+                          "--device", "cpu", "--workers", "1", "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    entries = {Path(e["path"]).suffix: e for e in json.loads((out / "results.json").read_text())["checkpoints"]}
+    assert entries[".onnx"]["runtime"] == "OnnxModel" and entries[".onnx"]["bits"] == "W4A8"
+    assert entries[".qfpack"]["verification"]["lfw"]["accuracy"] == entries[".pt"]["verification"]["lfw"]["accuracy"]
+    assert abs(entries[".onnx"]["verification"]["lfw"]["accuracy"]
+               - entries[".pt"]["verification"]["lfw"]["accuracy"]) <= 0.2  # 10 pairs: one pair is 0.1
+    model_file, _, size_mb = load_model_file(tmp_path / "student.onnx")
+    assert isinstance(model_file, OnnxModel) and size_mb == pytest.approx((tmp_path / "student.onnx").stat().st_size / 1e6)
