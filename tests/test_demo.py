@@ -42,6 +42,12 @@ def test_demo_pipeline_writes_a_sane_report(tmp_path: Path) -> None:
         assert identity["genuine_mean"] > identity["impostor_mean"] + 0.2
     w8a8 = results[0]["distilled"]["real"]
     assert w8a8["cosine_mean"] > 0.8  # 8-bit students stay close to the teacher even untrained
+    for r in results:  # the shipped files: int8 ONNX of the student, onnxruntime's quantize_static baseline
+        assert r["onnx"]["size_mb"] < 0.35 * r["teacher_onnx_mb"] and r["quantize_static"]["size_mb"] < r["teacher_onnx_mb"]
+        assert all(rate > 0 for rate in r["speed"].values())
+    for r, tolerance in zip(results, (0.01, 0.05)):  # onnxruntime runs what the student computes
+        assert abs(r["onnx"]["real"]["cosine_mean"] - r["distilled"]["real"]["cosine_mean"]) <= tolerance, r["bits"]
     table = (out / "report.md").read_text()
     assert "calibration only" in table and "distilled (QuantFace)" in table and "W4A4+mixed" in table
+    assert "int8 ONNX (onnxruntime)" in table and "quantize_static" in table and "ratio to fp32 ONNX teacher" in table
     assert (out / "report.png").stat().st_size > 10_000

@@ -1,7 +1,7 @@
 """Every benchmark tool of tools/ runs end to end at tiny size and prints the ratio it exists for.
 
 (The other tools have their own tests: fetch_assets in test_assets, generate_faces in test_data_generated,
-model_info in test_model_info, demo_report in test_demo.)
+model_info in test_model_info, demo_report in test_demo, export_onnx in test_deploy.)
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tools import bench_data, bench_eval, bench_quant_step, bench_train
+from tools import bench_data, bench_deploy, bench_eval, bench_quant_step, bench_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NUMBER = r"[0-9]+\.[0-9]+"
@@ -47,3 +47,15 @@ def test_bench_data_prints_each_source_against_the_network(capsys):
     assert len(rates) == 4 and all(rate > 0 for rate in rates.values())
     for source in ("folder (PNG", "recordio (JPEG q95", "generator (on cpu)"):
         assert re.search(rf"^{re.escape(source)}.*\s{NUMBER}\s+{NUMBER}$", out, re.MULTILINE), out
+
+
+def test_bench_deploy_times_every_variant_in_its_own_process(capsys):
+    assert bench_deploy.main(["--networks", "mbf", "--batches", "2", "--threads", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for variant in bench_deploy.VARIANTS:
+        row = re.search(rf"^mbf\s+{variant}\s+({NUMBER})\s+(\d+)\s+({NUMBER})$", out, re.MULTILINE)
+        assert row and float(row.group(1)) > 0 and float(row.group(3)) > 0, (variant, out)
+    for base in ("fp32 onnxruntime", "quantize_static int8"):
+        assert re.search(rf"^mbf\s+ours / {base}\s+{NUMBER}$", out, re.MULTILINE), out
+    size = re.search(rf"size ours / fp32 onnx\s+({NUMBER})", out)
+    assert size and 0.2 < float(size.group(1)) < 0.35

@@ -6,7 +6,10 @@ For each config (after ``train_quantization.py`` has run it) this compares three
 photos of ``data.realfaces`` (evaluation only, never trained on) and on held-out generated faces
 (``--holdout-seed``, never trained on): the float teacher, the post-training-quantization baseline
 (``quant.post_training_quantize`` on the batches the run calibrated on, no distillation: the very
-student training started from) and the distilled student (``<output>/student_final.pt``).  It prints one table and writes
+student training started from) and the distilled student (``<output>/student_final.pt``); then the
+files a user would ship, run by onnxruntime: the distilled student exported to int8 ONNX
+(``<output>/student_int8.onnx``) and, for comparison, onnxruntime's own ``quantize_static`` of the fp32 ONNX
+teacher (the naive way), with their file sizes and images/s against the fp32 ONNX teacher.  It prints one table and writes
 ``report.md``, ``report.json`` and ``report.png`` into ``--out`` (default: the first config's output).
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,15 @@ from data import GeneratedFaces, build_train_batches
 from data.realfaces import aligned_real_faces
 from eval.agreement import compare_models
 from eval.embed import embed_batches
+from deploy import OnnxModel, export_onnx
+from deploy.baseline import quantize_static_baseline
 from eval.report import markdown_table
 from utils.checkpoint import CheckpointError
 from utils.config import Config, ConfigError, load_config
 from utils.distributed import resolve_device
+
+BASELINE_FACES = 64      # calibration faces for onnxruntime's quantize_static (the run's first batches)
+SPEED_BATCH, SPEED_THREADS = 32, 2
 
 HOLDOUT_SEED = 1000003   # generator seed of the held-out faces (training uses the config's seed)
 HOLDOUT_COUNT = 256
@@ -78,7 +87,50 @@ def evaluate_config(cfg: Config, device: torch.device, real: tuple[np.ndarray, l
             "holdout": compare_models(teacher_holdout, _embed(model, faces, cfg, device, f"{kind} held-out")),
         }
     result["teacher_real_identity"] = result["distilled"]["real"]["teacher_identity"]
+    deployed = deployed_models(cfg, teacher, student_path, device)
+    for kind, model in deployed.items():
+        result[kind] = {
+            "size_mb": model.size_mb,
+            "real": compare_models(teacher_real, _embed(model, images, cfg, device, f"{kind} real"), identities),
+            "holdout": compare_models(teacher_holdout, _embed(model, faces, cfg, device, f"{kind} held-out")),
+        }
+    teacher_onnx = OnnxModel(Path(cfg.output) / "teacher_fp32.onnx", threads=SPEED_THREADS)
+    result["speed"] = {kind: images_per_s(model) for kind, model in {"teacher_onnx": teacher_onnx, **deployed}.items()}
+    result["teacher_onnx_mb"] = teacher_onnx.size_mb
     return result
+
+
+def deployed_models(cfg: Config, teacher: torch.nn.Module, student_path: Path, device: torch.device
+                    ) -> dict[str, OnnxModel]:
+    """The files a user would ship: the distilled student as int8 ONNX (``<output>/student_int8.onnx``,
+    exported now unless ``tools.export_onnx`` wrote it after this training), and onnxruntime's
+    ``quantize_static`` of the fp32 ONNX teacher calibrated on the run's first faces."""
+    output = Path(cfg.output)
+    onnx_path = output / "student_int8.onnx"
+    if not onnx_path.is_file() or onnx_path.stat().st_mtime < student_path.stat().st_mtime:
+        export_onnx(quant.load_quantized(student_path), onnx_path)
+    fp32 = export_onnx(teacher, output / "teacher_fp32.onnx")
+    batches, faces = [], 0
+    for batch in build_train_batches(cfg, teacher.input_spec, device).calibration():
+        batches.append(batch[:BASELINE_FACES - faces])
+        faces += len(batches[-1])
+        if faces >= BASELINE_FACES:
+            break
+    baseline = quantize_static_baseline(fp32, batches, output / "teacher_quantize_static.onnx")
+    return {"onnx": OnnxModel(onnx_path, threads=SPEED_THREADS),
+            "quantize_static": OnnxModel(baseline, threads=SPEED_THREADS, spec=teacher.input_spec)}
+
+
+def images_per_s(model: OnnxModel, repeats: int = 3) -> float:
+    """Best of ``repeats`` timed runs of one batch of ``SPEED_BATCH`` (after a warm-up run)."""
+    x = torch.randn(SPEED_BATCH, 3, model.input_spec.size, model.input_spec.size)
+    model(x)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        best = min(best, time.perf_counter() - start)
+    return SPEED_BATCH / best
 
 
 COLUMNS = ["model", "bits", "size MB", "real cos mean", "real cos min", "pair-score r", "genuine", "impostor",
@@ -99,10 +151,31 @@ def report_table(results: list[dict[str, Any]]) -> str:
     first = results[0]
     rows = [_row("teacher (float)", "FP32", first["teacher_mb"], None, None, first["teacher_real_identity"])]
     for r in results:
-        for kind, label in (("ptq", "calibration only"), ("distilled", "distilled (QuantFace)")):
+        for kind, label in ROWS:
             rows.append(_row(label, r["bits"], r[kind]["size_mb"], r[kind]["real"], r[kind]["holdout"],
                              r[kind]["real"]["student_identity"]))
     return markdown_table(COLUMNS, rows, text_columns=len(COLUMNS))
+
+
+ROWS = (("ptq", "calibration only"), ("distilled", "distilled (QuantFace)"),
+        ("onnx", "distilled, int8 ONNX (onnxruntime)"), ("quantize_static", "onnxruntime quantize_static int8"))
+
+
+def speed_table(results: list[dict[str, Any]]) -> str:
+    """Images/s of the shipped files against the fp32 ONNX teacher, all in onnxruntime."""
+    first = results[0]
+    base = first["speed"]["teacher_onnx"]
+    rows = [["teacher fp32 ONNX", "FP32", f"{first['teacher_onnx_mb']:.2f}", f"{base:.1f}", "1.00"]]
+    for r in results:
+        for kind, label in ROWS[2:]:
+            if kind == "quantize_static" and r is not first:
+                continue  # the same teacher and calibration faces in every config
+            bits = r["bits"] if kind == "onnx" else "W8A8"
+            rows.append([label, bits, f"{r[kind]['size_mb']:.2f}", f"{r['speed'][kind]:.1f}",
+                         f"{r['speed'][kind] / base:.2f}"])
+    header = ["model", "bits", "file MB", f"images/s (batch {SPEED_BATCH}, {SPEED_THREADS} threads)",
+              "ratio to fp32 ONNX teacher"]
+    return markdown_table(header, rows, text_columns=2)
 
 
 def bar_chart(results: list[dict[str, Any]], path: Path) -> Path:
@@ -153,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = Path(args.out or configs[0].output)
     out.mkdir(parents=True, exist_ok=True)
-    table = report_table(results)
+    table = report_table(results) + "\n" + speed_table(results)
     header = (f"Student vs float teacher on {len(images)} real photos ({len(set(identities))} identities) and "
               f"{args.holdout_count} held-out generated faces\n\n")
     (out / "report.md").write_text(header + table)
