@@ -19,7 +19,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from backbones import get_model, load_float_model
 from data import GeneratedFaces
 from deploy import OnnxModel, export_onnx
 from deploy.baseline import quantize_static_baseline
+from deploy.timing import images_per_s
 
 VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "quantize_static int8", "ours int8")
 DEMO_STUDENT = Path("work_dirs/demo_mbf_w8a8/student_final.pt")
@@ -93,15 +93,7 @@ def measure(path: Path, batches: list[int], threads: list[int], repeats: int) ->
             model = get_model(blob["network"]).eval()
             model.load_state_dict(blob["model"])
         for batch in batches:
-            x = torch.randn(batch, 3, 112, 112)
-            with torch.no_grad():
-                model(x)
-                best = float("inf")
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    model(x)
-                    best = min(best, time.perf_counter() - start)
-            rates[f"b{batch}t{count}"] = batch / best
+            rates[f"b{batch}t{count}"] = images_per_s(model, batch, repeats=repeats)
     return {"rates": rates, "peak_mb": _peak_rss_mb(), "size_mb": path.stat().st_size / 1e6}
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from eval.agreement import compare_models
 from eval.embed import embed_batches
 from deploy import OnnxModel, export_onnx
 from deploy.baseline import quantize_static_baseline
+from deploy.timing import images_per_s
 from eval.report import markdown_table
 from utils.checkpoint import CheckpointError
 from utils.config import Config, ConfigError, load_config
@@ -95,7 +95,8 @@ def evaluate_config(cfg: Config, device: torch.device, real: tuple[np.ndarray, l
             "holdout": compare_models(teacher_holdout, _embed(model, faces, cfg, device, f"{kind} held-out")),
         }
     teacher_onnx = OnnxModel(Path(cfg.output) / "teacher_fp32.onnx", threads=SPEED_THREADS)
-    result["speed"] = {kind: images_per_s(model) for kind, model in {"teacher_onnx": teacher_onnx, **deployed}.items()}
+    result["speed"] = {kind: images_per_s(model, SPEED_BATCH, model.input_spec.size)
+                       for kind, model in {"teacher_onnx": teacher_onnx, **deployed}.items()}
     result["teacher_onnx_mb"] = teacher_onnx.size_mb
     return result
 
@@ -120,17 +121,6 @@ def deployed_models(cfg: Config, teacher: torch.nn.Module, student_path: Path, d
     return {"onnx": OnnxModel(onnx_path, threads=SPEED_THREADS),
             "quantize_static": OnnxModel(baseline, threads=SPEED_THREADS, spec=teacher.input_spec)}
 
-
-def images_per_s(model: OnnxModel, repeats: int = 3) -> float:
-    """Best of ``repeats`` timed runs of one batch of ``SPEED_BATCH`` (after a warm-up run)."""
-    x = torch.randn(SPEED_BATCH, 3, model.input_spec.size, model.input_spec.size)
-    model(x)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        best = min(best, time.perf_counter() - start)
-    return SPEED_BATCH / best
 
 
 COLUMNS = ["model", "bits", "size MB", "real cos mean", "real cos min", "pair-score r", "genuine", "impostor",
