@@ -29,13 +29,13 @@ class _Batches(CalibrationDataReader):
 def quantize_static_baseline(fp32_onnx: str | os.PathLike, batches: Iterable[torch.Tensor],
                              output: str | os.PathLike) -> Path:
     """Write onnxruntime's ``quantize_static`` of ``fp32_onnx`` (calibrated on ``batches``) to ``output``."""
-    output = Path(output)
+    source, output = Path(fp32_onnx).resolve(), Path(output).resolve()  # before the chdir below
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quantface-qs-") as work:  # its calibration writes scratch files
         cwd = os.getcwd()
         os.chdir(work)
         try:
-            quantize_static(str(Path(fp32_onnx).resolve()), str(output.resolve()), _Batches(batches),
+            quantize_static(str(source), str(output), _Batches(batches),
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8)
         finally:
