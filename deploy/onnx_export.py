@@ -94,12 +94,17 @@ def _act_qparams(q: FakeQuantizer, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _quantize_act(g: _Graph, x: str, q: FakeQuantizer | None, where: str) -> tuple[str, float | None]:
-    """``x`` through a Q/DQ pair when ``q`` is set; returns (tensor name, scale or None)."""
+    """``x`` through a Q/DQ pair when ``q`` is set; returns (tensor name, scale or None).  A grid narrower
+    than uint8 (activations under 8 bits) is clamped on the integers, ``Q -> Clip -> DQ``: cheap, exact,
+    and onnxruntime still fuses the Q into the producer and the DQ into the consumer."""
     if q is None:
         return x, None
     scale, zero = _act_qparams(q, where)
     s, z = g.const(f"{where}.scale", scale), g.const(f"{where}.zero_point", zero)
     quantized = g.op("QuantizeLinear", [x, s, z], f"{where}.q")
+    if q.quant_min > 0 or q.quant_max < 255:
+        quantized = g.op("Clip", [quantized, g.const(f"{where}.qmin", np.array(q.quant_min, np.uint8)),
+                                  g.const(f"{where}.qmax", np.array(q.quant_max, np.uint8))], f"{where}.clip")
     return g.op("DequantizeLinear", [quantized, s, z], f"{where}.dq"), float(scale)
 
 

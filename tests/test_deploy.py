@@ -25,6 +25,7 @@ from backbones import get_model, load_float_model
 from data import GeneratedFaces
 from data.realfaces import aligned_real_faces
 from deploy import ExportError, OnnxModel, OnnxModelError, export_onnx
+from deploy.baseline import quantize_static_baseline
 from deploy.loading import load_model_file
 from deploy.onnx_model import session_options
 from deploy.packed import load_packed, pack_bits, save_packed, unpack_bits
@@ -206,3 +207,13 @@ def test_export_tool_and_eval_benchmarks_run_the_shipped_files(faces, tmp_path):
                - entries[".pt"]["verification"]["lfw"]["accuracy"]) <= 0.2  # 10 pairs: one pair is 0.1
     model_file, _, size_mb = load_model_file(tmp_path / "student.onnx")
     assert isinstance(model_file, OnnxModel) and size_mb == pytest.approx((tmp_path / "student.onnx").stat().st_size / 1e6)
+
+
+def test_quantize_static_baseline_takes_relative_paths(faces, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    export_onnx(realistic("mbf", faces), Path("fp32.onnx"))
+    out = quantize_static_baseline("fp32.onnx", faces[:1], Path("runs") / "qs.onnx")
+    model = OnnxModel(out, spec=get_model("mbf").input_spec)
+    assert (tmp_path / "runs" / "qs.onnx").is_file() and model(faces[4][:2]).shape == (2, 64)
+    ops = {node.op_type for node in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
