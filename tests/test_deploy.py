@@ -122,6 +122,13 @@ def test_int8_teacher_student_runs_on_integer_kernels_and_agrees_on_real_photos(
     fp32 = export_onnx(teacher, tmp_path / "teacher.onnx")
     assert path.stat().st_size <= 0.3 * fp32.stat().st_size  # a mobile net: per-channel scales and biases add ~5 %
 
+    # 4-bit activations are clamped to [0, 15] on the integers: the same function, not a better one
+    w4 = quant.post_training_quantize(teacher, quant.QuantConfig(weight_bits=4, act_bits=4, bn_mode="frozen",
+                                                                 equalize=True), calibration, 4).student.eval()
+    with torch.no_grad():
+        agreement = cosine(OnnxModel(export_onnx(w4, tmp_path / "w4.onnx"))(real), w4(real))
+    assert agreement.mean() >= 0.999 and agreement.min() >= 0.995, (agreement.mean(), agreement.min())
+
 
 def test_packed_students_restore_exactly_and_are_small(faces, tmp_path):
     torch.manual_seed(0)
