@@ -37,8 +37,9 @@ import quant
 from backbones.layers import Add, Mul
 from backbones.spec import input_spec_of
 from quant.layers import QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, bias_scale
-from quant.quantizer import FakeQuantizer
+from quant.quantizer import FakeQuantizer, used_scale
 from utils.fileio import atomic_write_bytes
+from utils.modes import eval_mode
 
 OPSET = 17
 INPUT, OUTPUT = "input", "embedding"
@@ -88,24 +89,24 @@ def _act_qparams(q: FakeQuantizer, where: str) -> tuple[np.ndarray, np.ndarray]:
                           f"(got {q.extra_repr()}); use quant_mode='deploy'")
     if not q.calibrated:
         raise ExportError(f"{where}: the activation quantizer has no observed range; calibrate the student first")
-    scale = q.scale.detach().float().clamp_min(torch.finfo(torch.float32).eps).reshape(())
+    scale = used_scale(q.scale).reshape(())
     zero = torch.round(q.zero_point.detach().float()).clamp(q.quant_min, q.quant_max).reshape(())
     return scale.numpy().astype(np.float32), zero.numpy().astype(np.uint8)
 
 
-def _quantize_act(g: _Graph, x: str, q: FakeQuantizer | None, where: str) -> tuple[str, float | None]:
-    """``x`` through a Q/DQ pair when ``q`` is set; returns (tensor name, scale or None).  A grid narrower
+def _quantize_act(g: _Graph, x: str, q: FakeQuantizer | None, where: str) -> str:
+    """``x`` through a Q/DQ pair when ``q`` is set; returns the tensor name.  A grid narrower
     than uint8 (activations under 8 bits) is clamped on the integers, ``Q -> Clip -> DQ``: cheap, exact,
     and onnxruntime still fuses the Q into the producer and the DQ into the consumer."""
     if q is None:
-        return x, None
+        return x
     scale, zero = _act_qparams(q, where)
     s, z = g.const(f"{where}.scale", scale), g.const(f"{where}.zero_point", zero)
     quantized = g.op("QuantizeLinear", [x, s, z], f"{where}.q")
     if q.quant_min > 0 or q.quant_max < 255:
         quantized = g.op("Clip", [quantized, g.const(f"{where}.qmin", np.array(q.quant_min, np.uint8)),
                                   g.const(f"{where}.qmax", np.array(q.quant_max, np.uint8))], f"{where}.clip")
-    return g.op("DequantizeLinear", [quantized, s, z], f"{where}.dq"), float(scale)
+    return g.op("DequantizeLinear", [quantized, s, z], f"{where}.dq")
 
 
 SAFE_INT8_BITS = 7  # |w| <= 63: two uint8 x int8 products never leave int16
@@ -121,7 +122,7 @@ def _weight_ints(layer: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tens
         raise ExportError(f"{where}: {q.num_bits}-bit weights do not fit int8 containers")
     with torch.no_grad():
         fake = q(layer.weight.detach())  # exactly the student's quantized weight (and its current scale)
-        scale = q.scale.detach().double().clamp_min(torch.finfo(torch.float32).eps)
+        scale = used_scale(q.scale).double()
         view = (-1,) + (1,) * (layer.weight.dim() - 1)
         ints = torch.round(fake.double() / scale.view(view)).clamp(q.quant_min, q.quant_max)
     return ints.long(), scale
@@ -148,12 +149,13 @@ class _Exporter:
         self.folded: dict[fx.Node, _BatchNorm] = {}  # conv/linear node -> BN folded into it
 
     # ---- walking ----------------------------------------------------------------------------------
-    def run(self) -> tuple[str, str]:
+    def run(self) -> str:
+        """The ONNX name of the model's output, once every node is written."""
         for node in self.graph.nodes:
             if node.op == "placeholder":
                 self.values[node] = INPUT
             elif node.op == "output":
-                return self.values[node.args[0]], INPUT
+                return self.values[node.args[0]]
             elif node.op == "call_module":
                 self.values[node] = self.module(node, self.modules[node.target])
             elif node.op in ("call_function", "call_method"):
@@ -232,15 +234,17 @@ class _Exporter:
     def weighted(self, node: fx.Node, m: nn.Conv2d | nn.Linear) -> str:
         where = node.target
         quantized = isinstance(m, (QuantConv2d, QuantLinear)) and m.weight_quant is not None
-        x, _ = _quantize_act(self.g, self.arg(node), getattr(m, "input_quant", None), f"{where}.input")
+        x = _quantize_act(self.g, self.arg(node), getattr(m, "input_quant", None), f"{where}.input")
         a, shift = torch.ones(m.weight.shape[0], dtype=torch.float64), 0.0
         bn = self.foldable_bn(node, m)
         if bn is not None:
             a, shift = _bn_factors(bn)
             self.folded[node] = bn
-        w, _ = self.weight(m, where, a) if quantized else \
-            (self.g.const(f"{where}.weight", (m.weight.detach().double() * a.view((-1,) + (1,) * (m.weight.dim() - 1)))
-                          .float().numpy()), None)
+        if quantized:
+            w = self.weight(m, where, a)
+        else:
+            view = (-1,) + (1,) * (m.weight.dim() - 1)
+            w = self.g.const(f"{where}.weight", (m.weight.detach().double() * a.view(view)).float().numpy())
         bias = m.effective_bias() if quantized else m.bias  # after self.weight: the weight scales are current
         bias = (torch.zeros_like(a) if bias is None else bias.detach().double()) * a + shift
         if quantized and m.quantize_bias:  # int32 bias at s_in * s_w, as the student and the kernel add it
@@ -255,12 +259,10 @@ class _Exporter:
             out = self.conv(node, m, x, w, b)
         else:
             out = self.g.op("Gemm", [x, w, b], where, transB=1)
-        out, _ = _quantize_act(self.g, out, getattr(m, "output_quant", None), f"{where}.output")
-        return out
+        return _quantize_act(self.g, out, getattr(m, "output_quant", None), f"{where}.output")
 
-    def weight(self, m: nn.Conv2d | nn.Linear, where: str, a: torch.Tensor) -> tuple[str, torch.Tensor]:
-        """DequantizeLinear of the stored integer weights (BN factor ``a`` folded into the channel scales);
-        returns (tensor name, per-channel scales)."""
+    def weight(self, m: nn.Conv2d | nn.Linear, where: str, a: torch.Tensor) -> str:
+        """DequantizeLinear of the stored integer weights (BN factor ``a`` folded into the channel scales)."""
         ints, scale = _weight_ints(m, where)
         view = (-1,) + (1,) * (m.weight.dim() - 1)
         ints, scale = ints * torch.sign(a).view(view).long(), scale * a.abs()  # BN folded exactly
@@ -271,8 +273,7 @@ class _Exporter:
         else:
             inputs[0] = self.g.const(f"{where}.weight", (ints + 128).to(torch.uint8).numpy())
             inputs.append(self.g.const(f"{where}.weight_zero", np.full(len(scale), 128, np.uint8)))
-        name = self.g.op("DequantizeLinear", inputs, f"{where}.weight_dq", axis=0)
-        return name, scale
+        return self.g.op("DequantizeLinear", inputs, f"{where}.weight_dq", axis=0)
 
     def conv(self, node: fx.Node, m: nn.Conv2d, x: str, w: str, b: str) -> str:
         if m.padding_mode != "zeros" or isinstance(m.padding, str):
@@ -286,9 +287,9 @@ class _Exporter:
         inputs = []
         for index, name in enumerate(("input0_quant", "input1_quant")):
             q = getattr(m, name) if quantized else None
-            inputs.append(_quantize_act(self.g, self.arg(node, index), q, f"{node.target}.input{index}")[0])
+            inputs.append(_quantize_act(self.g, self.arg(node, index), q, f"{node.target}.input{index}"))
         out = self.g.op("Add" if isinstance(m, Add) else "Mul", inputs, node.target)
-        return _quantize_act(self.g, out, m.output_quant if quantized else None, f"{node.target}.output")[0]
+        return _quantize_act(self.g, out, m.output_quant if quantized else None, f"{node.target}.output")
 
 
 def to_onnx(model: nn.Module, meta: dict[str, Any] | None = None, int8_weights: bool = False) -> onnx.ModelProto:
@@ -300,16 +301,15 @@ def to_onnx(model: nn.Module, meta: dict[str, Any] | None = None, int8_weights: 
     if student and (meta or {}).get("quant", {}).get("mode") == "quantface":
         raise ExportError("quant_mode='quantface' students (asymmetric weights, quantized PReLU) have no exact "
                           "int8 form; train a quant_mode='deploy' student to export it")
-    was_training = model.training
-    model.eval()
+    observing = {q: q.observer_enabled for _, q in quant.quantizers(model)}
+    quant.set_observers(model, False)  # the ranges are read, never moved, by the export
     try:
-        if student:
-            quant.set_observers(model, False)
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             exporter = _Exporter(model, int8_weights)
-            output, _ = exporter.run()
+            output = exporter.run()
     finally:
-        model.train(was_training)
+        for q, enabled in observing.items():
+            q.observer_enabled = enabled
     g = exporter.g
     g.nodes.append(helper.make_node("Identity", [output], [OUTPUT], name=OUTPUT))
     graph = helper.make_graph(

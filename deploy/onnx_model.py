@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -61,8 +60,7 @@ class OnnxModel(nn.Module):
         self.input_name = inputs[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).contiguous().numpy())
-        (out,) = self.session.run(None, {self.input_name: array})
+        (out,) = self.session.run(None, {self.input_name: x.detach().to("cpu", torch.float32).contiguous().numpy()})
         return torch.from_numpy(out)
 
     @property

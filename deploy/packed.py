@@ -4,12 +4,15 @@ A ``.qfpack`` file is a ``torch.save`` dict of plain tensors and values (read wi
 ``torch.load(weights_only=True)``): the student's metadata (network, constructor keywords, quantization
 config), every state entry that is not a quantized weight as it is, and for each per-channel symmetric
 quantized weight its integers ``q`` offset to ``[0, 2^b - 2]`` and bit-packed ``b`` bits each, plus one
-float per output channel.  Grid constants (``bits``/``qmin``/``qmax``) and the scales of min/max-observed
-weights are recomputed by the loader and symmetric zero points are 0, so they are not stored; the rest is concatenated into one buffer
-per dtype (a file entry per tensor would cost more than a small layer's values).  For a min/max-observed weight that float is the channel's largest magnitude
+float per output channel.  For a min/max-observed weight that float is the channel's largest magnitude
 ``m``: the loader writes ``q * m / qmax`` and ``+-m`` itself where ``|q| = qmax``, so the range the
 quantizer recomputes is ``m`` again, its scale is bit-identical and so is every quantized weight (and
 therefore every output).  For a learned (LSQ) weight scale the scale itself is in the state.
+
+Grid constants (``bits``/``qmin``/``qmax``) and the scales of min/max-observed weights are recomputed by
+the loader and symmetric zero points are 0, so they are not stored; the rest of the state is
+concatenated into one buffer per dtype (a file entry per tensor would cost more than a small layer's
+values).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from torch import nn
 
 import quant
 from quant.checkpoint import build_quantized, rebuild_student
-from quant.quantizer import FakeQuantizer, qparams_from_range
+from quant.quantizer import FakeQuantizer, qparams_from_range, used_scale
 from utils.checkpoint import CheckpointError
 from utils.fileio import atomic_torch_save
 
@@ -90,7 +93,7 @@ def pack_student(student: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
             continue
         weight = module.weight.detach().float()
         if q.learnable:
-            scale = q.scale.detach().float().clamp_min(torch.finfo(torch.float32).eps)
+            scale = used_scale(q.scale)
             peak = None
         else:
             mn, mx = q.estimator(weight)
@@ -121,7 +124,10 @@ def save_packed(path: str | os.PathLike, student: nn.Module, meta: dict[str, Any
     return atomic_torch_save(pack_student(student, meta), path)
 
 
-def _restore_weight(blob: dict[str, Any], key: str, quantizer: FakeQuantizer, source: str) -> torch.Tensor:
+def _restore_weight(blob: dict[str, Any], key: str, quantizer: FakeQuantizer, state: dict[str, torch.Tensor],
+                    source: str) -> torch.Tensor:
+    """The float weight whose fake quantization gives back the stored integers exactly (a learned scale
+    is read from ``state``)."""
     entry = blob["packed"][key]
     bits, shape = int(entry["bits"]), [int(s) for s in entry["shape"]]
     if bits != quantizer.num_bits:
@@ -130,10 +136,11 @@ def _restore_weight(blob: dict[str, Any], key: str, quantizer: FakeQuantizer, so
     count, offset = int(np.prod(shape)), int(entry["offset"])
     data = blob["data"].numpy()[offset:offset + (count * bits + 7) // 8]
     ints = (torch.from_numpy(unpack_bits(data, bits, count)) + quantizer.quant_min).reshape(shape)
-    if entry["peak"] < 0:
-        return ints.float()  # learned scale: multiplied in below, once the scale is loaded
-    peak = blob["peaks"][int(entry["peak"]):int(entry["peak"]) + shape[0]].float()
     view = (-1,) + (1,) * (len(shape) - 1)
+    if entry["peak"] < 0:  # learned scale, as the quantizer clamps it
+        scale = used_scale(state[key.rsplit(".", 1)[0] + ".weight_quant.scale"])
+        return ints.float() * scale.view(view)
+    peak = blob["peaks"][int(entry["peak"]):int(entry["peak"]) + shape[0]].float()
     scale, _ = qparams_from_range(-peak, peak, quantizer.quant_min, quantizer.quant_max, True)
     weight = ints.float() * scale.view(view)
     full = peak.view(view).expand_as(weight)
@@ -162,17 +169,10 @@ def load_packed(path: str | os.PathLike, map_location: str | torch.device = "cpu
                                         and key.rsplit(".weight_quant.", 1)[0] + ".weight" in blob["packed"]):
             state.setdefault(key, value)
     modules = dict(shell.named_modules())
-    learned = []
-    for key, entry in blob["packed"].items():
+    for key in blob["packed"]:
         quantizer = _packable(modules.get(key.rsplit(".", 1)[0]))
         if quantizer is None:
             raise CheckpointError(f"{path}: packed weight {key} has no per-channel quantizer in the rebuilt student")
-        state[key] = _restore_weight(blob, key, quantizer, str(path))
-        if entry["peak"] < 0:
-            learned.append(key)
-    for key in learned:  # integers x the learned scale the state holds
-        scale = state[key.rsplit(".", 1)[0] + ".weight_quant.scale"].float()
-        scale = scale.clamp_min(torch.finfo(torch.float32).eps).view((-1,) + (1,) * (state[key].dim() - 1))
-        state[key] = state[key] * scale
+        state[key] = _restore_weight(blob, key, quantizer, state, str(path))
     student = build_quantized(state, meta, str(path))
     return student.to(map_location), meta

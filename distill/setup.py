@@ -74,7 +74,8 @@ class Run:
 
     @property
     def amp(self) -> bool:
-        return self.cfg.amp and self.env.device.type == "cuda"
+        """Mixed precision: asked for and on CUDA (the scaler was enabled on exactly that condition)."""
+        return self.scaler.is_enabled()
 
 
 # ---- checks done before anything is loaded ----------------------------------------------------------

@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quant.quantizer import FakeQuantizer
+from quant.quantizer import FakeQuantizer, used_scale
 from backbones.layers import Add, Mul
 
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
-_EPS = torch.finfo(torch.float32).eps
 
 
 def _q(quantizer: FakeQuantizer | None, x: torch.Tensor) -> torch.Tensor:
@@ -32,8 +31,7 @@ def bias_scale(layer: nn.Module) -> torch.Tensor:
     """Per-output-channel float32 scale ``s_in * s_w`` of the layer's int32 bias grid (after a forward);
     ``s_in`` is the layer's input quantizer's, or the upstream Add/Mul output quantizer's (``bias_input``)."""
     source = layer.input_quant if layer.input_quant is not None else layer.bias_input[0]
-    s_in = source.scale.detach().float().clamp_min(_EPS).reshape(())
-    return s_in * layer.weight_quant.scale.detach().float().clamp_min(_EPS)
+    return used_scale(source.scale).reshape(()) * used_scale(layer.weight_quant.scale)
 
 
 class QuantWeighted:

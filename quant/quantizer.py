@@ -30,6 +30,12 @@ def int_grid(bits: int, symmetric: bool) -> tuple[int, int]:
     return 0, 2 ** bits - 1
 
 
+def used_scale(scale: torch.Tensor) -> torch.Tensor:
+    """A scale as the fake quantizers apply it: float32, no smaller than float32's eps (a learned scale can
+    shrink towards 0).  What an exported graph or a packed file must use to match the student."""
+    return scale.detach().float().clamp_min(_EPS)
+
+
 def qparams_from_range(min_val: torch.Tensor, max_val: torch.Tensor, qmin: int, qmax: int,
                        symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and int32 zero point mapping ``[min_val, max_val]`` (widened to include 0) onto the grid."""
