@@ -9,11 +9,18 @@ import json
 from pathlib import Path, PurePosixPath
 
 from assets.types import Asset, AssetError, Member, Source
-from backbones.tflite import teacher_checkpoint_problem, write_teacher_checkpoint
+from backbones import dlib_dat, onnx_import, tflite
+from backbones.converted import converted_problem
+from backbones.spec import InputSpec
 
 REALFACES_JSON = Path(__file__).resolve().parent / "realfaces.json"
 
 TFLITE_SHA256 = "d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b"
+DLIB_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+FACEPLUGIN_SHA256 = "87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bcaaaf3581"
+# the faceplugin model's input, as its package's JavaScript prepares it (ONNX files do not record it):
+# ArcFace-aligned 112x112, BGR, (x - 127.5) / 128 (BGR separates the johns faces best: genuine 0.82 / 0.79 RGB)
+FACEPLUGIN_SPEC = InputSpec(size=112, mean=(127.5,) * 3, std=(128.0,) * 3, channels="BGR")
 
 _PHOTO_ARCHIVES = {  # package named in assets/realfaces.json -> how to fetch its archive
     "face_recognition==1.3.0 (source archive)": (
@@ -52,11 +59,28 @@ def _photo_sources() -> tuple[Source, ...]:
 def _build_teacher(root: Path) -> Path:
     """Convert the fetched .tflite (``needs`` made sure it is present and verified)."""
     source = root / ASSETS["mobilefacenet_tflite_source"].path
-    return write_teacher_checkpoint(source, root / "mobilefacenet_tflite.pt")
+    return tflite.write_teacher_checkpoint(source, root / "mobilefacenet_tflite.pt")
 
 
 def _check_teacher(path: Path) -> str | None:
-    return teacher_checkpoint_problem(path, TFLITE_SHA256)
+    return converted_problem(path, tflite.NETWORK, TFLITE_SHA256, tflite.CONVERTER_VERSION)
+
+
+def _build_dlib(root: Path) -> Path:
+    return dlib_dat.write_dlib_checkpoint(root / ASSETS["dlib_resnet_source"].path, root / "dlib_resnet.pt")
+
+
+def _check_dlib(path: Path) -> str | None:
+    return converted_problem(path, dlib_dat.NETWORK, DLIB_SHA256, dlib_dat.CONVERTER_VERSION)
+
+
+def _build_faceplugin(root: Path) -> Path:
+    return onnx_import.write_onnx_checkpoint(root / ASSETS["faceplugin_onnx_source"].path, root / "faceplugin_mbf.pt",
+                                             FACEPLUGIN_SPEC)
+
+
+def _check_faceplugin(path: Path) -> str | None:
+    return converted_problem(path, "onnx_graph", FACEPLUGIN_SHA256, onnx_import.CONVERTER_VERSION)
 
 
 ASSETS: dict[str, Asset] = {a.name: a for a in (
@@ -76,6 +100,29 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
                           (Member("gan_face_generate/weights.tar", "gan_face_generate/weights.tar",
                                   "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f"),),
                           ("--only-binary", ":all:")),)),
+    Asset("dlib_resnet_source", "dlib/dlib_face_recognition_resnet_model_v1.dat",
+          "dlib's ResNet-29 face recognition model (CC0), dlib's own serialisation; with it, dlib's face "
+          "detector network, which the tests use as a dlib file of another network",
+          sources=(Source("pip", "face-recognition-models==0.3.0", "face_recognition_models-0.3.0.tar.gz",
+                          "b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf",
+                          (Member("face_recognition_models-0.3.0/face_recognition_models/models/"
+                                  "dlib_face_recognition_resnet_model_v1.dat",
+                                  "dlib/dlib_face_recognition_resnet_model_v1.dat", DLIB_SHA256),
+                           Member("face_recognition_models-0.3.0/face_recognition_models/models/"
+                                  "mmod_human_face_detector.dat", "dlib/mmod_human_face_detector.dat",
+                                  "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6")),
+                          ("--no-binary", ":all:")),)),
+    Asset("dlib_resnet", "dlib_resnet.pt", "dlib's ResNet-29 converted to a project checkpoint (backbone dlib_resnet)",
+          build=_build_dlib, check=_check_dlib, needs=("dlib_resnet_source",)),
+    Asset("faceplugin_onnx_source", "faceplugin/fr_feature.onnx",
+          "a MobileFaceNet (512-D, PyTorch-exported ONNX, MIT) from the faceplugin-face-recognition-js package",
+          sources=(Source("npm", "faceplugin-face-recognition-js@0.0.1", "faceplugin-face-recognition-js-0.0.1.tgz",
+                          "7ea06031d9a3f83753254fcff60506a07b81b46fc84d4ee024cd041f260ec1ba",
+                          (Member("package/model/fr_feature.onnx", "faceplugin/fr_feature.onnx",
+                                  FACEPLUGIN_SHA256),)),)),
+    Asset("faceplugin_mbf", "faceplugin_mbf.pt",
+          "the faceplugin ONNX model converted to a project checkpoint (backbone onnx_graph)",
+          build=_build_faceplugin, check=_check_faceplugin, needs=("faceplugin_onnx_source",)),
     Asset("realfaces", "realfaces", "real face photos (evaluation only, never for training)",
           sources=_photo_sources()),
 )}

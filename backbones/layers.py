@@ -22,3 +22,16 @@ class Mul(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
+
+
+class ChannelPad(nn.Module):
+    """Append ``extra`` all-zero channels (dlib's down-sampling shortcut widens this way, without weights)."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__()
+        if extra < 0:
+            raise ValueError(f"ChannelPad needs extra >= 0, got {extra}")
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x

@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import difflib
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from backbones.dlib_resnet import INPUT_SPEC as DLIB_SPEC
+from backbones.dlib_resnet import dlib_resnet
 from backbones.iresnet import iresnet
 from backbones.mfn_tflite import INPUT_SPEC as MFN_TFLITE_SPEC
 from backbones.mfn_tflite import mfn_tflite
 from backbones.mobilefacenet import mobilefacenet, mobilefacenet_large
+from backbones.onnx_graph import onnx_graph
 from backbones.spec import ARCFACE, InputSpec
 from backbones.vargfacenet import vargfacenet
 
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], InputSpec]] = {
+# spec None: the model's input spec is one of its constructor keywords (``input_spec``)
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], InputSpec | None]] = {
     "r18": (partial(iresnet, "r18"), ARCFACE),
     "r34": (partial(iresnet, "r34"), ARCFACE),
     "r50": (partial(iresnet, "r50"), ARCFACE),
@@ -24,6 +28,8 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], InputSpec]] = {
     "mbf_large": (mobilefacenet_large, ARCFACE),
     "vargfacenet": (vargfacenet, ARCFACE),
     "mfn_tflite": (mfn_tflite, MFN_TFLITE_SPEC),
+    "dlib_resnet": (dlib_resnet, DLIB_SPEC),
+    "onnx_graph": (onnx_graph, None),
 }
 
 
@@ -32,7 +38,7 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _entry(name: str) -> tuple[Callable[..., nn.Module], InputSpec]:
+def _entry(name: str) -> tuple[Callable[..., nn.Module], InputSpec | None]:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -40,17 +46,23 @@ def _entry(name: str) -> tuple[Callable[..., nn.Module], InputSpec]:
     return _REGISTRY[name]
 
 
-def input_spec(name: str) -> InputSpec:
-    """The input backbone ``name`` expects (size, normalisation, channel order, alignment)."""
-    return _entry(name)[1]
+def input_spec(name: str, network_kwargs: Mapping[str, Any] | None = None) -> InputSpec:
+    """The input backbone ``name`` (built with ``network_kwargs``) expects: size, normalisation, channel order,
+    alignment."""
+    spec = _entry(name)[1]
+    if spec is not None:
+        return spec
+    if not network_kwargs or "input_spec" not in network_kwargs:
+        raise ValueError(f"backbone '{name}' takes its input spec from its network_kwargs, and none were given")
+    return InputSpec.from_dict(network_kwargs["input_spec"])
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Build backbone ``name`` with constructor keywords ``kwargs`` (e.g. ``num_features=512``); the model
     carries its ``InputSpec`` as ``model.input_spec``."""
-    build, spec = _entry(name)
+    build = _entry(name)[0]
     model = build(**kwargs)
-    model.input_spec = spec
+    model.input_spec = input_spec(name, kwargs)
     return model
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 CHANNEL_ORDERS = ("RGB", "BGR")
-ALIGNMENTS = ("arcface_112",)  # the ArcFace 5-point template (``data.align``), scaled to ``size``
+ALIGNMENTS = ("arcface_112", "dlib_150")  # 5-point templates of ``data.align``, scaled to ``size``
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import torch
 import tflite
 
 from backbones.layers import Add
-from backbones.mfn_tflite import INPUT_SPEC, ConvAct, mfn_tflite
-from utils.checkpoint import CheckpointError, load_state_strict, read_checkpoint, save_checkpoint
-from utils.fileio import sha256_file
+from backbones.converted import write_converted
+from backbones.mfn_tflite import ConvAct, mfn_tflite
+from utils.checkpoint import load_state_strict
 
 CONVERTER_VERSION = 2  # 2: metadata records the model's input spec instead of input_mean / input_std
 NETWORK = "mfn_tflite"
@@ -201,24 +201,7 @@ def convert_tflite(tflite_path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def write_teacher_checkpoint(tflite_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Convert ``tflite_path`` and save it as a project checkpoint (meta: network, normalisation, source)."""
+    """Convert ``tflite_path`` and save it as a project checkpoint (meta: network, input spec, source)."""
     state = convert_tflite(tflite_path)
-    meta = {"network": NETWORK, "network_kwargs": {}, "input_spec": INPUT_SPEC.to_dict(),
-            "embedding_size": int(state["features.conv.bias"].numel()),
-            "source": Path(tflite_path).name, "source_sha256": sha256_file(tflite_path),
-            "converter_version": CONVERTER_VERSION}
-    return save_checkpoint(out_path, state, meta)
-
-
-def teacher_checkpoint_problem(path: str | os.PathLike, source_sha256: str) -> str | None:
-    """Why the converted checkpoint at ``path`` is not usable (None when it is)."""
-    try:
-        state, meta = read_checkpoint(path)
-        load_state_strict(mfn_tflite(), state, str(path))
-    except CheckpointError as exc:
-        return str(exc)
-    if meta.get("network") != NETWORK or meta.get("source_sha256") != source_sha256:
-        return f"{path} was not converted from the pinned .tflite (meta {meta.get('source_sha256')})"
-    if meta.get("converter_version") != CONVERTER_VERSION:
-        return f"{path} was written by converter version {meta.get('converter_version')}, now {CONVERTER_VERSION}"
-    return None
+    return write_converted(out_path, state, NETWORK, state["features.conv.bias"].numel(), tflite_path,
+                           CONVERTER_VERSION)

@@ -5,10 +5,11 @@ Paths may contain ``{assets_dir}``; it is replaced by the asset cache folder (``
 import os
 
 # ---- models -------------------------------------------------------------------------------------
-network = "r50"               # teacher backbone name for backbones.get_model (r18 r34 r50 r100 r200 mbf mbf_large vargfacenet mfn_tflite)
+network = "r50"               # teacher backbone name for backbones.get_model (r18 r34 r50 r100 r200 mbf mbf_large vargfacenet mfn_tflite dlib_resnet; onnx_graph = an .onnx teacher as it is)
 network_kwargs = {}           # extra constructor keywords for the teacher (e.g. {"scale": 1} for pre-2021 mbf)
 embedding_size = 512          # teacher embedding dimension (num_features)
-teacher = ""                  # teacher checkpoint: arcface_torch backbone.pth/model.pt or this project's checkpoint
+teacher = ""                  # teacher: arcface_torch backbone.pth/model.pt, this project's checkpoint, or a face model .onnx
+onnx_input_spec = {}          # an .onnx teacher's input (ONNX files do not record it): keys size mean std channels alignment; {} = ArcFace (112, RGB, 127.5/127.5)
 student_network = ""          # student backbone; "" = same architecture as the teacher, initialised from it
 student_network_kwargs = {}   # constructor keywords for a different student architecture
 student_embedding_size = 0    # 0 = same as embedding_size; differing sizes get a learned projection in the loss

@@ -32,7 +32,7 @@ class FaceFolderDataset(Dataset):
     forked DataLoader workers do not copy them (no per-path objects).
     """
 
-    def __init__(self, root: str | os.PathLike, size: int = 112) -> None:
+    def __init__(self, root: str | os.PathLike, size: int = 112, alignment: str = "arcface_112") -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise ImageDataError(f"face image folder not found: {self.root} (data_path must be a folder of "
@@ -41,7 +41,7 @@ class FaceFolderDataset(Dataset):
         if not files:
             raise ImageDataError(f"no {'/'.join(IMAGE_SUFFIXES)} images found under {self.root}")
         self._files = np.array([os.fsencode(name) for name in files])
-        self.size = size
+        self.size, self.alignment = size, alignment
 
     def __len__(self) -> int:
         return len(self._files)
@@ -52,7 +52,7 @@ class FaceFolderDataset(Dataset):
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` as size x size x 3 uint8 RGB."""
-        return fit_size(read_rgb(self.path(index)), self.size)
+        return fit_size(read_rgb(self.path(index)), self.size, self.alignment)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return to_chw(self.read(index))

@@ -12,6 +12,9 @@ import cv2
 import numpy as np
 import torch
 
+from data.align import reframe_image
+
+SOURCE_ALIGNMENT = "arcface_112"  # how insightface-format data (.rec, .bin, face folders) is aligned
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -71,8 +74,12 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     return decode_rgb(data, str(path))
 
 
-def fit_size(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to size x size unless it already is (area filter when shrinking, bilinear when enlarging)."""
+def fit_size(image: np.ndarray, size: int, alignment: str = SOURCE_ALIGNMENT) -> np.ndarray:
+    """An insightface-format face (ArcFace-aligned, any side) as a size x size face aligned by ``alignment``:
+    resized unless it already fits (area filter when shrinking, bilinear when enlarging), or re-framed
+    onto another template (``data.align.reframe_image``)."""
+    if alignment != SOURCE_ALIGNMENT:
+        return reframe_image(image, SOURCE_ALIGNMENT, alignment, size)
     height, width = image.shape[:2]
     if (height, width) == (size, size):
         return image

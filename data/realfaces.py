@@ -60,5 +60,5 @@ def aligned_real_faces(assets_dir: str | os.PathLike | None = None, spec: InputS
     for face in faces:
         if face.photo_path not in photos:
             photos[face.photo_path] = read_rgb(face.photo_path)
-        crops.append(align_face(photos[face.photo_path], face.landmarks, spec.size))
+        crops.append(align_face(photos[face.photo_path], face.landmarks, spec.size, spec.alignment))
     return np.stack(crops), [f.identity for f in faces], [f.name for f in faces]

@@ -199,12 +199,12 @@ class RecordIODataset(Dataset):
     normalisation happen batched, in ``data.train_batches``).
     """
 
-    def __init__(self, path: str | os.PathLike, size: int = 112) -> None:
+    def __init__(self, path: str | os.PathLike, size: int = 112, alignment: str = "arcface_112") -> None:
         path = Path(path).expanduser()
         self.file = RecordIOFile(path / "train.rec" if path.is_dir() else path)
         self.keys = self._image_keys()
         self.file.close()  # workers open their own handles
-        self.size = size
+        self.size, self.alignment = size, alignment
 
     def _image_keys(self) -> np.ndarray:
         keys = list(self.file.index)
@@ -233,7 +233,7 @@ class RecordIODataset(Dataset):
         key = int(self.keys[index])
         source = f"{self.file.rec_path} record {key}"
         _, labels, image = unpack_payload(self.file.read(key), source)
-        return fit_size(decode_rgb(image, source), self.size), int(labels[0])
+        return fit_size(decode_rgb(image, source), self.size, self.alignment), int(labels[0])
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` as size x size x 3 uint8 RGB."""

@@ -125,14 +125,14 @@ def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: 
     kind = cfg.data_source
     if kind == "generator":
         faces = GeneratedFaces(cfg.generator_weights, cfg.samples_per_epoch, seed=cfg.seed, size=spec.size,
-                               device=device, batch_size=cfg.batch_size)
+                               device=device, batch_size=cfg.batch_size, alignment=spec.alignment)
         source, length = _generator_source(faces), len(faces)
     elif kind in ("folder", "recordio"):
         if not cfg.data_path:
             raise ValueError(f"data_source = {kind!r} needs data_path (the image folder, or the folder holding "
                              "train.rec and train.idx)")
         dataset_type = FaceFolderDataset if kind == "folder" else RecordIODataset
-        dataset = dataset_type(cfg.data_path, size=spec.size)
+        dataset = dataset_type(cfg.data_path, size=spec.size, alignment=spec.alignment)
         source, length = _LoaderSource(dataset, cfg.num_workers, device), len(dataset)
     else:
         raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder' or 'recordio'")

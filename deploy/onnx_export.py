@@ -34,7 +34,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import quant
-from backbones.layers import Add, Mul
+from backbones.layers import Add, ChannelPad, Mul
 from backbones.spec import input_spec_of
 from quant.layers import QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, bias_scale
 from quant.quantizer import FakeQuantizer, used_scale
@@ -54,7 +54,7 @@ class _Tracer(fx.Tracer):
     """Every torch layer, quantized layer, Add/Mul and FakeQuantizer is one node (never traced into)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (nn.Conv2d, nn.Linear, nn.PReLU, _BatchNorm, Add, Mul, FakeQuantizer)) or \
+        return isinstance(m, (nn.Conv2d, nn.Linear, nn.PReLU, _BatchNorm, Add, Mul, ChannelPad, FakeQuantizer)) or \
             super().is_leaf_module(m, qualname)
 
 
@@ -201,8 +201,13 @@ class _Exporter:
             left, right, top, bottom = m.padding
             pads = self.g.const(f"{where}.pads", np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64))
             return self.g.op("Pad", [self.arg(node), pads], where, mode="constant")
+        if isinstance(m, ChannelPad):
+            pads = self.g.const(f"{where}.pads", np.array([0, 0, 0, 0, 0, m.extra, 0, 0], dtype=np.int64))
+            return self.g.op("Pad", [self.arg(node), pads], where, mode="constant") if m.extra else self.arg(node)
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
             return self.g.op("GlobalAveragePool", [self.arg(node)], where)
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            return self.pool(node, m)
         simple = {nn.ReLU: "Relu", nn.Sigmoid: "Sigmoid"}
         if type(m) in simple:
             return self.g.op(simple[type(m)], [self.arg(node)], where)
@@ -281,6 +286,21 @@ class _Exporter:
         ph, pw = m.padding
         return self.g.op("Conv", [x, w, b], node.target, kernel_shape=list(m.kernel_size), strides=list(m.stride),
                          pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
+
+    def pool(self, node: fx.Node, m: nn.MaxPool2d | nn.AvgPool2d) -> str:
+        pair = nn.modules.utils._pair
+        kernel, stride, padding = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding)
+        exact = not m.ceil_mode and (isinstance(m, nn.AvgPool2d) or pair(m.dilation) == (1, 1))
+        if isinstance(m, nn.AvgPool2d):
+            exact = exact and m.divisor_override is None and (m.count_include_pad or padding == (0, 0))
+        if not exact:
+            raise ExportError(f"{node.target}: {m} is not supported (only floor mode, no dilation, average pools "
+                              "counting their padding)")
+        attrs: dict[str, Any] = {"kernel_shape": list(kernel), "strides": list(stride), "pads": [*padding, *padding]}
+        if isinstance(m, nn.AvgPool2d):
+            attrs["count_include_pad"] = 1
+        return self.g.op("MaxPool" if isinstance(m, nn.MaxPool2d) else "AveragePool", [self.arg(node)],
+                         node.target, **attrs)
 
     def binary(self, node: fx.Node, m: Add | Mul) -> str:
         quantized = isinstance(m, (QuantAdd, QuantMul))

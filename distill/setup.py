@@ -20,14 +20,15 @@ from torch import nn
 
 import quant
 from backbones import get_model, input_spec, load_float_model
-from backbones.spec import InputSpec, check_meta_spec
+from backbones.loading import read_float_source
+from backbones.spec import ARCFACE, InputSpec, check_meta_spec
 from data import TrainBatches, build_train_batches
 from distill.features import FeatureDistillation
 from distill.losses import LOSSES, DistillationLoss
 from distill.schedule import SCHEDULERS, build_scheduler, milestone_steps, scaled_lr, total_steps
 from eval.verification import find_bins
 from distill.train_state import list_checkpoints, load_training_state, restore_rng_state, rng_isolated
-from utils.checkpoint import load_state_strict, read_checkpoint
+from utils.checkpoint import load_state_strict
 from utils.config import Config
 from utils.distributed import DistEnv
 
@@ -167,6 +168,24 @@ def check_same_run(cfg: Config) -> None:
 
 # ---- models ---------------------------------------------------------------------------------------------
 
+def onnx_input_spec(cfg: Config) -> InputSpec:
+    """The input of an ONNX teacher (ONNX files do not record it): ``onnx_input_spec`` over the ArcFace
+    convention.  Set for a teacher that is not an ONNX file, it is an error (that file records its own)."""
+    if not cfg.onnx_input_spec:
+        return ARCFACE
+    if not str(cfg.teacher).lower().endswith(".onnx"):
+        raise TrainingError(f"onnx_input_spec is set but teacher {cfg.teacher} is not an .onnx file; its input "
+                            "spec comes from its backbone: remove onnx_input_spec")
+    fields = {**ARCFACE.to_dict(), **cfg.onnx_input_spec}
+    unknown = sorted(set(fields) - set(ARCFACE.to_dict()))
+    if unknown:
+        raise TrainingError(f"onnx_input_spec: unknown key(s) {unknown} (known: {sorted(ARCFACE.to_dict())})")
+    try:
+        return InputSpec.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"onnx_input_spec={cfg.onnx_input_spec!r}: {exc}") from exc
+
+
 def load_teacher(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     """The float teacher from ``cfg.teacher``, strictly: the file must exist and fit ``cfg.network``.
 
@@ -175,7 +194,7 @@ def load_teacher(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     if not cfg.teacher:
         raise TrainingError("no teacher: set teacher=<float backbone checkpoint> (an arcface_torch backbone.pth "
                             "or a checkpoint of this project); the student learns from it")
-    state, meta = read_checkpoint(cfg.teacher)
+    state, meta = read_float_source(cfg.teacher, cfg.network, onnx_input_spec(cfg))
     if meta.get("quant"):
         raise TrainingError(f"teacher {cfg.teacher} is a quantized student; the teacher must be a float model")
     if meta.get("network", cfg.network) != cfg.network:
@@ -186,7 +205,7 @@ def load_teacher(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
         raise TrainingError(f"teacher {cfg.teacher} makes {kwargs['num_features']}-D embeddings but "
                             f"embedding_size={cfg.embedding_size}; set embedding_size to match")
     try:
-        check_meta_spec(meta, input_spec(cfg.network), f"teacher {cfg.teacher}")
+        check_meta_spec(meta, input_spec(cfg.network, kwargs), f"teacher {cfg.teacher}")
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
     return load_state_strict(get_model(cfg.network, **kwargs), state, f"teacher {cfg.teacher}"), kwargs
@@ -202,9 +221,9 @@ def build_student(cfg: Config, teacher: nn.Module, teacher_kwargs: dict[str, Any
                                 "a student of the teacher's architecture starts as the teacher's copy")
         return teacher, cfg.network, teacher_kwargs
     kwargs = {"num_features": cfg.student_embedding_size or cfg.embedding_size, **cfg.student_network_kwargs}
-    if input_spec(cfg.student_network) != input_spec(cfg.network):
+    if input_spec(cfg.student_network, kwargs) != teacher.input_spec:
         raise TrainingError(f"student_network={cfg.student_network!r} expects input {input_spec(cfg.student_network)} "
-                            f"but the {cfg.network} teacher {input_spec(cfg.network)}; both see the same batches")
+                            f"but the {cfg.network} teacher {teacher.input_spec}; both see the same batches")
     if cfg.student_init:
         return load_float_model(cfg.student_init, cfg.student_network, **kwargs), cfg.student_network, kwargs
     return get_model(cfg.student_network, **kwargs), cfg.student_network, kwargs

@@ -151,8 +151,8 @@ def load_ijb(ijb_dir: str | os.PathLike, target: str) -> IjbSet:
 class IjbFaces(Sequence[np.ndarray]):
     """Lazy ``loose_crop`` reading + 5-point alignment to ``size`` x ``size`` RGB, one face per index."""
 
-    def __init__(self, ijb: IjbSet, size: int = 112):
-        self.ijb, self.size = ijb, size
+    def __init__(self, ijb: IjbSet, size: int = 112, alignment: str = "arcface_112"):
+        self.ijb, self.size, self.alignment = ijb, size, alignment
 
     def __len__(self) -> int:
         return len(self.ijb.names)
@@ -163,7 +163,7 @@ class IjbFaces(Sequence[np.ndarray]):
             image = read_rgb(path)
         except ImageDataError as exc:
             raise IjbFormatError(f"{exc} (face {index + 1} of the {self.ijb.target} meta files)") from exc
-        return align_face(image, self.ijb.landmarks[index], self.size)
+        return align_face(image, self.ijb.landmarks[index], self.size, self.alignment)
 
 
 class TemplateAccumulator:
@@ -226,7 +226,8 @@ def evaluate_ijb(model: nn.Module, ijb: IjbSet, device: str | torch.device, batc
     says) and score all template pairs."""
     begin = time.perf_counter()
     accumulator = TemplateAccumulator(ijb.templates, ijb.medias, ijb.scores, device)
-    faces = IjbFaces(ijb, input_spec_of(model).size)
+    spec = input_spec_of(model)
+    faces = IjbFaces(ijb, spec.size, spec.alignment)
     for start, features in iter_embeddings(model, faces, device, batch_size, flip=True, workers=workers,
                                            desc=f"{ijb.target} faces"):
         accumulator.add(start, features)

@@ -92,8 +92,8 @@ def write_bin(path: str | os.PathLike, images: Sequence[np.ndarray], issame: Seq
 class JpegImages(Sequence[np.ndarray]):
     """Lazy RGB ``size`` x ``size`` decoding of encoded images (in the loader threads, never all at once)."""
 
-    def __init__(self, blobs: Sequence[bytes], source: str, size: int = IMAGE_SIZE):
-        self.blobs, self.source, self.size = blobs, source, size
+    def __init__(self, blobs: Sequence[bytes], source: str, size: int = IMAGE_SIZE, alignment: str = "arcface_112"):
+        self.blobs, self.source, self.size, self.alignment = blobs, source, size, alignment
 
     def __len__(self) -> int:
         return len(self.blobs)
@@ -103,7 +103,7 @@ class JpegImages(Sequence[np.ndarray]):
             image = decode_rgb(self.blobs[index], f"{self.source} image {index}")
         except ImageDataError as exc:
             raise BinFormatError(str(exc)) from exc
-        return fit_size(image, self.size)
+        return fit_size(image, self.size, self.alignment)
 
 
 def _folds(num_pairs: int, nrof_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -188,7 +188,8 @@ def verify(model: nn.Module, bin_path: str | os.PathLike, device: str | torch.de
     """
     bins, issame = load_bin(bin_path)
     begin = time.perf_counter()
-    images = JpegImages(bins, str(bin_path), input_spec_of(model).size)
+    spec = input_spec_of(model)
+    images = JpegImages(bins, str(bin_path), spec.size, spec.alignment)
     features = embed_batches(model, images, device, batch_size, flip=True, workers=workers,
                              desc=Path(bin_path).stem)
     seconds = time.perf_counter() - begin

@@ -37,7 +37,7 @@ def rebuild_student(meta: dict[str, Any], source: str) -> nn.Module:
         raise CheckpointError(f"{source} has quantization metadata but no 'network' name to rebuild from")
     try:
         qcfg = QuantConfig.from_dict(meta["quant"])
-        check_meta_spec(meta, input_spec(meta["network"]), source)
+        check_meta_spec(meta, input_spec(meta["network"], meta.get("network_kwargs")), source)
     except QuantConfigError as exc:
         raise CheckpointError(f"{source}: invalid 'quant' metadata: {exc}") from exc
     except ValueError as exc:

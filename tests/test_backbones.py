@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import fx, nn
 
-from backbones import available_models, get_model
+from backbones import available_models, get_model, input_spec
 from backbones import load_float_model
 from utils.checkpoint import CheckpointError
 from backbones.layers import Add, Mul
@@ -56,11 +56,12 @@ def test_mbf_scale_1_is_the_narrow_pre_2021_variant():
 
 
 @pytest.mark.parametrize("name", [n for n in available_models() if n != "r200"])
-def test_every_backbone_maps_112x112_rgb_to_the_embedding(name):
+def test_every_backbone_maps_its_declared_input_to_the_embedding(name):
     torch.manual_seed(0)
     model = get_model(name, num_features=128).eval()
+    side = input_spec(name).size
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 112, 112))
+        out = model(torch.randn(2, 3, side, side))
     assert out.shape == (2, 128)
 
 

@@ -52,7 +52,8 @@ def _embed(model: torch.nn.Module, images: np.ndarray, cfg: Config, device: torc
 
 
 def _holdout_faces(cfg: Config, spec: InputSpec, device: torch.device, seed: int, count: int) -> np.ndarray:
-    faces = GeneratedFaces(cfg.generator_weights, count, seed=seed, size=spec.size, device=device)
+    faces = GeneratedFaces(cfg.generator_weights, count, seed=seed, size=spec.size, device=device,
+                           alignment=spec.alignment)
     return faces.generate(np.arange(count)).permute(0, 2, 3, 1).cpu().numpy()
 
 

@@ -1,0 +1,7 @@
+"""Demo at W4A4 on the faceplugin ONNX MobileFaceNet: demo_faceplugin_w8a8.py with 4-bit weights and activations."""
+_base_ = "demo_faceplugin_w8a8.py"
+
+weight_bits = 4
+act_bits = 4
+lsq_init = "percentile"       # below 8 bits, clipping the rarest 0.01% of values beats covering them
+output = "work_dirs/demo_faceplugin_w4a4"
