@@ -5,7 +5,8 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_CONFIGS ?= config/demo_mbf_w8a8.py
-ALL_DEMO_CONFIGS := config/demo_mbf_w8a8.py config/demo_mbf_w6a6.py config/demo_mbf_w4a4.py config/demo_mbf_mixed.py
+DEMO_FALLBACK ?= config/demo_dlib_w8a8.py
+ALL_DEMO_CONFIGS := $(foreach t,mbf dlib faceplugin,$(foreach b,w8a8 w6a6 w4a4,config/demo_$(t)_$(b).py)) config/demo_mbf_mixed.py
 
 .PHONY: venv assets demo demo-all test clean-venv
 
@@ -20,12 +21,12 @@ $(VENV)/.installed: requirements.txt
 assets: venv
 	$(PY) -m tools.fetch_assets
 
-# Distil each demo config (resume=true: a finished run is not redone, an interrupted one continues,
-# an output folder holding a run of other settings is an error naming them),
-# then compare teacher, calibration-only baseline and distilled student on real photos.
-demo: assets
-	for config in $(DEMO_CONFIGS); do $(PY) train_quantization.py $$config resume=true || exit 1; done
-	$(PY) -m tools.demo_report $(DEMO_CONFIGS) --out work_dirs/demo_report
+# Fetch what each demo config needs and distil it (resume=true: a finished run is not redone, an interrupted
+# one continues, an output folder holding a run of other settings is an error naming them), then compare
+# teacher, calibration-only baseline, distilled student and the shipped int8 ONNX on real photos.  Without
+# npm the npm teachers are skipped (said so) and the pip-only dlib teacher runs instead.
+demo: venv
+	$(PY) -m tools.demo $(DEMO_CONFIGS) --fallback $(DEMO_FALLBACK) --out work_dirs/demo_report
 
 demo-all: DEMO_CONFIGS := $(ALL_DEMO_CONFIGS)
 demo-all: demo

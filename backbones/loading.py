@@ -14,13 +14,14 @@ from backbones.spec import ARCFACE, InputSpec, check_meta_spec
 from utils.checkpoint import CheckpointError, load_state_strict, read_checkpoint
 
 
-def read_float_source(path: str | os.PathLike, network: str | None = None, onnx_spec: InputSpec = ARCFACE
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_float_source(path: str | os.PathLike, network: str | None = None, onnx_spec: InputSpec = ARCFACE,
+                      network_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, meta)`` of a float model file: a checkpoint (``utils.checkpoint.read_checkpoint``) or an
-    ``.onnx`` face model converted to PyTorch (``backbones.onnx_import``; ``network`` maps it onto that
-    backbone, else it becomes an ``onnx_graph``; ``onnx_spec`` is its input, which ONNX files do not record)."""
+    ``.onnx`` face model converted to PyTorch (``backbones.onnx_import``; ``network`` built with ``network_kwargs``
+    takes its weights, else it becomes an ``onnx_graph``; ``onnx_spec`` is its input, which ONNX files do not
+    record)."""
     if Path(path).suffix.lower() == ".onnx":
-        return onnx_checkpoint(path, network, onnx_spec)
+        return onnx_checkpoint(path, network, onnx_spec, network_kwargs)
     return read_checkpoint(path)
 
 
@@ -31,7 +32,7 @@ def load_float_model(path: str | os.PathLike, network: str | None = None, onnx_s
     ``network`` and ``network_kwargs`` come from the checkpoint's metadata when present; for a bare
     arcface_torch state_dict they must be given (``num_features`` is inferred from the weights).
     """
-    state, meta = read_float_source(path, network, onnx_spec)
+    state, meta = read_float_source(path, network, onnx_spec, network_kwargs)
     if meta.get("quant"):
         raise CheckpointError(f"{path} is a quantized student; load it with quant.load_quantized")
     name = meta.get("network") or network

@@ -43,10 +43,13 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxImportError(f"ONNX model not found: {path}")
     try:
         model = onnx.load(str(path))
-        onnx.checker.check_model(model)
     except Exception as exc:
-        raise OnnxImportError(f"cannot read {path} as an ONNX model ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); is it truncated?") from exc
+        raise OnnxImportError(f"cannot read {path} as an ONNX model ({type(exc).__name__}); is it truncated or "
+                              "not an .onnx file?") from exc
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise OnnxImportError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
     return model
 
 
@@ -257,7 +260,7 @@ def _fill(state: dict[str, torch.Tensor], name: str, layer: nn.Module, bn_name: 
     """Copy one graph unit into one backbone unit (see the module docstring for the BatchNorm cases)."""
     if type(layer) is not type(g_layer) or layer.weight.shape != g_layer.weight.shape:
         raise OnnxImportError(f"{where}: the graph's {_describe(g_layer)} does not match backbone layer '{name}' "
-                              f"{_describe(layer)}")
+                              f"{_describe(layer)} (another variant? set network_kwargs, e.g. mbf's {{'scale': 1}})")
     weight = g_layer.weight.detach().clone()
     bias = getattr(g_layer, "bias", None)
     bias = bias.detach().clone() if bias is not None else torch.zeros(weight.shape[0])
@@ -294,11 +297,12 @@ def _fill(state: dict[str, torch.Tensor], name: str, layer: nn.Module, bn_name: 
                   prefix + "num_batches_tracked": torch.tensor(0)})
 
 
-def map_onto_backbone(kwargs: dict[str, Any], state: dict[str, torch.Tensor], network: str, source: str
-                      ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(network_kwargs, state_dict)`` of backbone ``network`` computing the graph ``read_onnx_graph`` read."""
+def map_onto_backbone(kwargs: dict[str, Any], state: dict[str, torch.Tensor], network: str, source: str,
+                      network_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(network_kwargs, state_dict)`` of backbone ``network`` (built with ``network_kwargs``, e.g. ``scale``)
+    computing the graph ``read_onnx_graph`` read."""
     graph = load_state_strict(OnnxGraphNet(**kwargs), state, source)
-    backbone_kwargs = {"num_features": kwargs["num_features"]}
+    backbone_kwargs = {**(network_kwargs or {}), "num_features": kwargs["num_features"]}
     backbone = get_model(network, **backbone_kwargs)
     side = backbone.input_spec.size
     ours, theirs = _units(backbone, side), _units(graph, side)
@@ -321,8 +325,8 @@ def map_onto_backbone(kwargs: dict[str, Any], state: dict[str, torch.Tensor], ne
     return backbone_kwargs, mapped
 
 
-def onnx_checkpoint(path: str | os.PathLike, network: str | None = None, spec: InputSpec = ARCFACE
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def onnx_checkpoint(path: str | os.PathLike, network: str | None = None, spec: InputSpec = ARCFACE,
+                    network_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, meta)`` of the float model in an ONNX file, as ``utils.checkpoint.read_checkpoint``
     gives for a checkpoint: mapped onto ``network``, or an ``onnx_graph`` when ``network`` is None or
     'onnx_graph'."""
@@ -330,7 +334,7 @@ def onnx_checkpoint(path: str | os.PathLike, network: str | None = None, spec: I
     meta: dict[str, Any] = {"network": "onnx_graph", "network_kwargs": kwargs, "input_spec": spec.to_dict(),
                             "embedding_size": kwargs["num_features"], "source": Path(path).name}
     if network not in (None, "", "onnx_graph"):
-        meta["network_kwargs"], state = map_onto_backbone(kwargs, state, network, str(path))
+        meta["network_kwargs"], state = map_onto_backbone(kwargs, state, network, str(path), network_kwargs)
         meta["network"] = network
     return state, meta
 

@@ -8,6 +8,7 @@ template, so aligning it is the identity warp and it goes through the same code 
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ import numpy as np
 
 from assets import ensure_asset, realface_dest, realface_records
 from backbones.spec import ARCFACE, InputSpec
-from data.align import align_face
-from data.images import read_rgb
+from data.align import align_face, template
+from data.images import ImageDataError, read_rgb
+from utils.fileio import sha256_file
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,30 @@ def aligned_real_faces(assets_dir: str | os.PathLike | None = None, spec: InputS
             photos[face.photo_path] = read_rgb(face.photo_path)
         crops.append(align_face(photos[face.photo_path], face.landmarks, spec.size, spec.alignment))
     return np.stack(crops), [f.identity for f in faces], [f.name for f in faces]
+
+
+JOHNS_DIR = Path(__file__).resolve().parents[2] / "shared" / "realfaces"  # ``../shared`` beside the checkout
+
+
+def johns_faces(root: str | os.PathLike = JOHNS_DIR, spec: InputSpec = ARCFACE
+                ) -> tuple[np.ndarray, list[str], list[str]] | None:
+    """The 55 johns chips (``root/johns.json``; 11 photos of each of 5 people), aligned as ``spec`` says:
+    ``(images uint8 [55, S, S, 3], identities, paths)``, or None when ``root`` has no ``johns.json`` (they
+    are not in any registry package; the project reads them from ``../shared`` and never copies them).
+
+    The chips are dlib's own (150 px, padding 0.25), so the landmarks of every chip are dlib's template;
+    each file is checked against its sha256 in the list."""
+    listing = Path(root) / "johns.json"
+    if not listing.is_file():
+        return None
+    faces = json.loads(listing.read_text())["faces"]
+    chips, identities, paths = [], [], []
+    for face in faces:
+        path = Path(root) / face["path"]
+        if not path.is_file() or sha256_file(path) != face["sha256"]:
+            raise ImageDataError(f"{path}: missing or not the file {listing} lists (sha256 {face['sha256']})")
+        chip = read_rgb(path)
+        chips.append(align_face(chip, template("dlib_150", chip.shape[1]), spec.size, spec.alignment))
+        identities.append(face["identity"])
+        paths.append(face["path"])
+    return np.stack(chips), identities, paths

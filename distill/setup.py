@@ -194,7 +194,7 @@ def load_teacher(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     if not cfg.teacher:
         raise TrainingError("no teacher: set teacher=<float backbone checkpoint> (an arcface_torch backbone.pth "
                             "or a checkpoint of this project); the student learns from it")
-    state, meta = read_float_source(cfg.teacher, cfg.network, onnx_input_spec(cfg))
+    state, meta = read_float_source(cfg.teacher, cfg.network, onnx_input_spec(cfg), cfg.network_kwargs)
     if meta.get("quant"):
         raise TrainingError(f"teacher {cfg.teacher} is a quantized student; the teacher must be a float model")
     if meta.get("network", cfg.network) != cfg.network:

@@ -10,7 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
+from eval.ijb import far_key, tar_at_far
 from eval.scores import all_pairs, pair_scores
+
+IDENTITY_FAR = 1e-2  # the FAR of the TAR reported for a small identity set (the 55 johns faces: 1,210 impostor pairs)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -41,6 +44,8 @@ def identity_scores(embeddings: np.ndarray, identities: Sequence[str]) -> dict[s
         "genuine_mean": float(scores[genuine].mean()) if genuine.any() else float("nan"),
         "impostor_mean": float(scores[~genuine].mean()) if (~genuine).any() else float("nan"),
         "impostor_max": float(scores[~genuine].max()) if (~genuine).any() else float("nan"),
+        "tar_at_far": (tar_at_far(genuine, scores, [IDENTITY_FAR])[0][far_key(IDENTITY_FAR)]
+                       if genuine.any() and (~genuine).any() else float("nan")),
     }
     per_identity = {}
     for name in sorted(set(identities)):

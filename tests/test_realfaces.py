@@ -1,15 +1,18 @@
 """Real face photos: all listed faces load from the verified cache and align onto the ArcFace template."""
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
 
 from assets import realface_records
+from backbones import input_spec
 from backbones.spec import InputSpec
 from data.align import ARCFACE_TEMPLATE, similarity_transform
-from data.images import read_rgb
-from data.realfaces import aligned_real_faces, real_faces
+from data.images import ImageDataError, read_rgb
+from data.realfaces import JOHNS_DIR, aligned_real_faces, johns_faces, real_faces
 from utils.fileio import sha256_file
 
 
@@ -76,3 +79,24 @@ def test_read_rgb_composites_alpha_and_expands_grey(tmp_path):
     assert out.shape == (4, 4, 3) and tuple(out[1, 1]) == (50, 100, 200) and tuple(out[0, 0]) == (0, 0, 0)
     cv2.imwrite(str(tmp_path / "g.png"), np.full((3, 5), 77, np.uint8))
     assert read_rgb(tmp_path / "g.png").shape == (3, 5, 3)
+
+
+def test_johns_faces_are_read_from_shared_checked_and_aligned(tmp_path) -> None:
+    johns = johns_faces(JOHNS_DIR, input_spec("dlib_resnet"))
+    assert johns is not None, f"{JOHNS_DIR / 'johns.json'} is part of ../shared beside the checkout"
+    chips, identities, paths = johns
+    assert chips.shape == (55, 150, 150, 3) and len(set(identities)) == 5
+    assert {identities.count(name) for name in set(identities)} == {11}
+    arcface = johns_faces(JOHNS_DIR, input_spec("mbf"))[0]
+    assert arcface.shape == (55, 112, 112, 3)
+    # dlib's chips are already on dlib's template: re-aligning them onto it changes nothing
+    assert np.abs(chips.astype(int) - np.stack([read_rgb(JOHNS_DIR / p) for p in paths]).astype(int)).max() <= 1
+    assert johns_faces(tmp_path) is None  # not there: the caller says it skipped them
+    (tmp_path / "johns").mkdir()
+    listing = json.loads((JOHNS_DIR / "johns.json").read_text())
+    (tmp_path / "johns.json").write_text(json.dumps(listing))
+    first = listing["faces"][0]["path"]
+    (tmp_path / first).parent.mkdir(parents=True)
+    (tmp_path / first).write_bytes(b"not the photo")
+    with pytest.raises(ImageDataError, match=r"000179_02159509\.jpg: missing or not the file .*johns\.json lists"):
+        johns_faces(tmp_path)

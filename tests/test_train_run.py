@@ -27,9 +27,9 @@ from data import build_train_batches
 from eval.verification import write_bin
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.config import load_config
-from utils.distributed import DistEnv
 from utils.logging import read_metrics
 from distill.train_state import list_checkpoints, load_training_state
+from tests.helpers import run_inprocess, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 MBF = {"num_features": 64, "scale": 1}
@@ -65,13 +65,6 @@ def write_teacher(path: Path, network: str, **kwargs) -> Path:
     return save_checkpoint(path, model.state_dict(), {"network": network, "network_kwargs": kwargs})
 
 
-def write_config(path: Path, **fields) -> Path:
-    base = {"device": "cpu", "data_source": "folder", "num_workers": 0, "random_flip": False,
-            "bn_mode": "frozen", "log_every": 1, "observer_steps": 2, "save_every": 100}
-    path.write_text("".join(f"{k} = {v!r}\n" for k, v in {**base, **fields}.items()))
-    return path
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train_assets")
@@ -79,12 +72,6 @@ def assets(tmp_path_factory) -> dict[str, Path]:
             "mbf": write_teacher(root / "mbf.pt", "mbf", **MBF),
             "vargfacenet": write_teacher(root / "vargfacenet.pt", "vargfacenet", **VARG),
             "faces2": write_faces(root / "faces2", 2), "faces8": write_faces(root / "faces8", 8, seed=1)}
-
-
-def run_inprocess(config: Path, *overrides: str):
-    """``train()`` as the script runs it (one process), returning (student, summary)."""
-    cfg = load_config(config, overrides)
-    return distill.train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
 
 
 def losses(output: Path) -> list[float]:

