@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -36,7 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import quant
 from backbones.layers import Add, ChannelPad, Mul
 from backbones.spec import input_spec_of
-from quant.layers import QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, bias_scale
+from quant.layers import QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, QuantReLU, bias_scale
 from quant.quantizer import FakeQuantizer, used_scale
 from utils.fileio import atomic_write_bytes
 from utils.modes import eval_mode
@@ -54,7 +54,7 @@ class _Tracer(fx.Tracer):
     """Every torch layer, quantized layer, Add/Mul and FakeQuantizer is one node (never traced into)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (nn.Conv2d, nn.Linear, nn.PReLU, _BatchNorm, Add, Mul, ChannelPad, FakeQuantizer)) or \
+        return isinstance(m, (nn.Conv2d, nn.Linear, nn.PReLU, nn.ReLU, _BatchNorm, Add, Mul, ChannelPad, FakeQuantizer)) or \
             super().is_leaf_module(m, qualname)
 
 
@@ -65,6 +65,9 @@ class _Graph:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     count: int = 0
+    grid: dict[str, FakeQuantizer] = field(default_factory=dict)  # DQ output -> the quantizer it came from
+    # output of a grid-preserving op (pad, max pool, flatten) -> (its input, how to emit the op on another input)
+    passes: dict[str, tuple[str, Callable[[str], str]]] = field(default_factory=dict)
 
     def name(self, hint: str) -> str:
         self.count += 1
@@ -80,6 +83,26 @@ class _Graph:
         out = self.name(hint)
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
+
+    def passthrough(self, x: str, emit: Callable[[str], str]) -> str:
+        """A grid-preserving op (``Q(op(x)) == op(Q(x))``: zero padding, max pooling, flattening) on ``x``.
+        On a quantized ``x`` its output is put back on the same grid (an exact Q/DQ), so onnxruntime runs
+        the op on the integers; otherwise it is remembered, so a quantizer after it can move before it."""
+        out = emit(x)
+        if x in self.grid:
+            return _requantize(self, out, self.grid[x])
+        self.passes[out] = (x, emit)
+        return out
+
+    def prune(self, output: str) -> None:
+        """Drop nodes nothing reads (left behind where a quantizer moved before a grid-preserving op)."""
+        needed, kept = {output}, []
+        for node in reversed(self.nodes):
+            if any(o in needed for o in node.output):
+                needed.update(node.input)
+                kept.append(node)
+        self.nodes = kept[::-1]
+        self.inits = [t for t in self.inits if t.name in needed]
 
 
 def _act_qparams(q: FakeQuantizer, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -97,16 +120,29 @@ def _act_qparams(q: FakeQuantizer, where: str) -> tuple[np.ndarray, np.ndarray]:
 def _quantize_act(g: _Graph, x: str, q: FakeQuantizer | None, where: str) -> str:
     """``x`` through a Q/DQ pair when ``q`` is set; returns the tensor name.  A grid narrower
     than uint8 (activations under 8 bits) is clamped on the integers, ``Q -> Clip -> DQ``: cheap, exact,
-    and onnxruntime still fuses the Q into the producer and the DQ into the consumer."""
+    and onnxruntime still fuses the Q into the producer and the DQ into the consumer.  When ``x`` came out
+    of grid-preserving ops, the Q/DQ goes before them (and again after each: the same values), so the
+    producer's output is integer, as onnxruntime's QLinear kernels need."""
     if q is None:
         return x
+    if x in g.passes:
+        source, emit = g.passes[x]
+        return _requantize(g, emit(_quantize_act(g, source, q, where)), q)
+    return _requantize(g, x, q, where)
+
+
+def _requantize(g: _Graph, x: str, q: FakeQuantizer, where: str | None = None) -> str:
+    """The Q/DQ pair of ``q`` on ``x`` (see ``_quantize_act``)."""
+    where = where or q.name or x
     scale, zero = _act_qparams(q, where)
     s, z = g.const(f"{where}.scale", scale), g.const(f"{where}.zero_point", zero)
     quantized = g.op("QuantizeLinear", [x, s, z], f"{where}.q")
     if q.quant_min > 0 or q.quant_max < 255:
         quantized = g.op("Clip", [quantized, g.const(f"{where}.qmin", np.array(q.quant_min, np.uint8)),
                                   g.const(f"{where}.qmax", np.array(q.quant_max, np.uint8))], f"{where}.clip")
-    return g.op("DequantizeLinear", [quantized, s, z], f"{where}.dq")
+    out = g.op("DequantizeLinear", [quantized, s, z], f"{where}.dq")
+    g.grid[out] = q
+    return out
 
 
 SAFE_INT8_BITS = 7  # |w| <= 63: two uint8 x int8 products never leave int16
@@ -173,7 +209,7 @@ class _Exporter:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             if start != 1:
                 raise ExportError(f"node {node.name}: flatten(start_dim={start}) is not supported (only 1)")
-            return self.g.op("Flatten", [self.arg(node)], node.name, axis=1)
+            return self.g.passthrough(self.arg(node), lambda x: self.g.op("Flatten", [x], node.name, axis=1))
         raise ExportError(f"node {node.name}: {node.op} {name} has no ONNX export here; route it through a module")
 
     def module(self, node: fx.Node, m: nn.Module) -> str:
@@ -196,18 +232,19 @@ class _Exporter:
         if isinstance(m, nn.Flatten):
             if m.start_dim != 1 or m.end_dim != -1:
                 raise ExportError(f"{where}: Flatten({m.start_dim}, {m.end_dim}) is not supported (only 1, -1)")
-            return self.g.op("Flatten", [self.arg(node)], where, axis=1)
+            return self.g.passthrough(self.arg(node), lambda x: self.g.op("Flatten", [x], where, axis=1))
         if isinstance(m, nn.ZeroPad2d):
             left, right, top, bottom = m.padding
-            pads = self.g.const(f"{where}.pads", np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64))
-            return self.g.op("Pad", [self.arg(node), pads], where, mode="constant")
+            return self.zero_pad(node, [0, 0, top, left, 0, 0, bottom, right])
         if isinstance(m, ChannelPad):
-            pads = self.g.const(f"{where}.pads", np.array([0, 0, 0, 0, 0, m.extra, 0, 0], dtype=np.int64))
-            return self.g.op("Pad", [self.arg(node), pads], where, mode="constant") if m.extra else self.arg(node)
+            return self.zero_pad(node, [0, 0, 0, 0, 0, m.extra, 0, 0]) if m.extra else self.arg(node)
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
             return self.g.op("GlobalAveragePool", [self.arg(node)], where)
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             return self.pool(node, m)
+        if isinstance(m, QuantReLU):
+            out = self.g.op("Relu", [self.arg(node)], where)
+            return _quantize_act(self.g, out, m.output_quant, f"{where}.output")
         simple = {nn.ReLU: "Relu", nn.Sigmoid: "Sigmoid"}
         if type(m) in simple:
             return self.g.op(simple[type(m)], [self.arg(node)], where)
@@ -287,6 +324,12 @@ class _Exporter:
         return self.g.op("Conv", [x, w, b], node.target, kernel_shape=list(m.kernel_size), strides=list(m.stride),
                          pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
 
+    def zero_pad(self, node: fx.Node, pads: list[int]) -> str:
+        def emit(x: str) -> str:
+            return self.g.op("Pad", [x, self.g.const(f"{node.target}.pads", np.array(pads, dtype=np.int64))],
+                             node.target, mode="constant")
+        return self.g.passthrough(self.arg(node), emit)
+
     def pool(self, node: fx.Node, m: nn.MaxPool2d | nn.AvgPool2d) -> str:
         pair = nn.modules.utils._pair
         kernel, stride, padding = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding)
@@ -299,8 +342,8 @@ class _Exporter:
         attrs: dict[str, Any] = {"kernel_shape": list(kernel), "strides": list(stride), "pads": [*padding, *padding]}
         if isinstance(m, nn.AvgPool2d):
             attrs["count_include_pad"] = 1
-        return self.g.op("MaxPool" if isinstance(m, nn.MaxPool2d) else "AveragePool", [self.arg(node)],
-                         node.target, **attrs)
+            return self.g.op("AveragePool", [self.arg(node)], node.target, **attrs)
+        return self.g.passthrough(self.arg(node), lambda x: self.g.op("MaxPool", [x], node.target, **attrs))
 
     def binary(self, node: fx.Node, m: Add | Mul) -> str:
         quantized = isinstance(m, (QuantAdd, QuantMul))
@@ -332,6 +375,7 @@ def to_onnx(model: nn.Module, meta: dict[str, Any] | None = None, int8_weights: 
             q.observer_enabled = enabled
     g = exporter.g
     g.nodes.append(helper.make_node("Identity", [output], [OUTPUT], name=OUTPUT))
+    g.prune(OUTPUT)
     graph = helper.make_graph(
         g.nodes, "quantface", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, spec.size,
                                                                                           spec.size])],

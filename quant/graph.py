@@ -14,14 +14,15 @@ from functools import cached_property
 import torch
 from torch import fx, nn
 
-from backbones.layers import Add, Mul
+from backbones.layers import Add, ChannelPad, Mul
 
 log = logging.getLogger(__name__)
 
 # ops that only rearrange values, so a quantized tensor stays on its grid through them
 _PASS_FUNCTIONS = {torch.flatten, torch.reshape}
 _PASS_METHODS = {"flatten", "reshape", "view", "contiguous"}
-_PASS_MODULES = (nn.Identity, nn.Flatten)
+# zero padding and max pooling keep values on their grid too (0 is on every affine grid; max picks a value)
+_PASS_MODULES = (nn.Identity, nn.Flatten, nn.ZeroPad2d, nn.MaxPool2d, ChannelPad)
 
 
 class _Tracer(fx.Tracer):
@@ -58,6 +59,19 @@ class ModelGraph:
                 node = node.args[0]
             else:
                 return node
+
+    def consumers(self, name: str) -> list[str | None]:
+        """Modules taking module ``name``'s output (looking through pure reshapes and identities); None for
+        any other use (a function, the graph output)."""
+        found: list[str | None] = []
+        todo = [user for node in self.call_sites.get(name, []) for user in node.users]
+        while todo:
+            user = todo.pop()
+            if self.source(user) is not user:  # a pass-through op: its users read the same values
+                todo.extend(user.users)
+            else:
+                found.append(user.target if user.op == "call_module" else None)
+        return found
 
     def input_sources(self, name: str) -> list[list[str | None]]:
         """For module ``name``: per positional input, the module names producing it at each call site."""

@@ -1,4 +1,4 @@
-"""Quantized versions of Conv2d, Linear, PReLU and the ``backbones.layers`` Add/Mul modules.
+"""Quantized versions of Conv2d, Linear, PReLU, ReLU and the ``backbones.layers`` Add/Mul modules.
 
 Each is a subclass of the float module.  ``attach_quantizers`` re-classes a module in place (inside the
 deep copy made by ``quantize_model``), so ``weight``/``bias`` keep their objects and key paths and the
@@ -77,6 +77,16 @@ class QuantPReLU(nn.PReLU):
         return _q(self.output_quant, F.prelu(_q(self.input_quant, x), _q(self.weight_quant, self.weight)))
 
 
+class QuantReLU(nn.ReLU):
+    """ReLU with its output quantized (deploy: unsigned, zero point 0, so int8 kernels fold the ReLU into
+    the integer output of the conv or sum before it, and the layers after it read this one grid)."""
+
+    input_names = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _q(self.output_quant, F.relu(x))
+
+
 class _QuantBinary:
     """Shared forward of Add/Mul: quantize each input that needs it, combine, quantize the output."""
 
@@ -95,7 +105,7 @@ class QuantMul(_QuantBinary, Mul):
 
 
 QUANT_CLASSES: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear, nn.PReLU: QuantPReLU,
-                                   Add: QuantAdd, Mul: QuantMul}
+                                   nn.ReLU: QuantReLU, Add: QuantAdd, Mul: QuantMul}
 WEIGHTED = (nn.Conv2d, nn.Linear, nn.PReLU)
 
 

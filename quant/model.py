@@ -57,18 +57,26 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
     """Placement per module name (the two modes are described in the ``quant`` package docstring)."""
     targets = {name: m for name, m in model.named_modules() if type(m) in QUANT_CLASSES}
     if not targets:
-        raise QuantizeError(f"{type(model).__name__} has no Conv2d, Linear, PReLU or backbones.layers Add/Mul to quantize")
+        raise QuantizeError(f"{type(model).__name__} has no Conv2d, Linear, PReLU, ReLU or backbones.layers Add/Mul "
+                            "to quantize")
     plans = {name: _Plan(*bits) for name, bits in layer_bits(list(targets), qcfg).items()}
     for name, plan in plans.items():
         module, acts = targets[name], not is_float_bits(plan.act_bits)
-        binary = isinstance(module, (Add, Mul))
-        plan.inputs = (False, False) if binary else (False,)
-        plan.output = acts and binary
+        binary, relu = isinstance(module, (Add, Mul)), isinstance(module, nn.ReLU)
+        plan.inputs = (False, False) if binary else () if relu else (False,)
+        plan.output = acts and (binary or (relu and qcfg.mode == "deploy"))
         if isinstance(module, nn.PReLU):  # QuantFace: slope and output; deploy: PReLU stays float
             plan.weight = plan.output = acts and qcfg.mode == "quantface"
         else:
-            plan.weight = not binary and not is_float_bits(plan.weight_bits)
+            plan.weight = not (binary or relu) and not is_float_bits(plan.weight_bits)
     if qcfg.mode == "deploy":
+        for name, plan in plans.items():
+            users = graph.consumers(name) if graph is not None else []
+            if not users or is_float_bits(plan.act_bits):
+                continue
+            if isinstance(targets[name], (Add, Mul)) and all(  # read only by ReLUs: theirs is its int8 output
+                    u in plans and isinstance(targets[u], nn.ReLU) and plans[u].output for u in users):
+                plan.output = False
         quantized = {name for name, plan in plans.items() if plan.output}
         for name, plan in plans.items():
             if isinstance(targets[name], nn.PReLU) or is_float_bits(plan.act_bits):
@@ -81,11 +89,11 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
     return plans
 
 
-def _act(plan: _Plan, qcfg: QuantConfig, name: str, on: bool) -> FakeQuantizer | None:
+def _act(plan: _Plan, qcfg: QuantConfig, name: str, on: bool, nonnegative: bool = False) -> FakeQuantizer | None:
     if not on:
         return None
     return act_quantizer(plan.act_bits, qcfg.act_observer, qcfg.act_percentile, qcfg.ema_momentum, name,
-                         qcfg.lsq_init)
+                         qcfg.lsq_init, nonnegative)
 
 
 def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig) -> None:
@@ -102,7 +110,8 @@ def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig) -> Non
                                       learnable, f"{name}.weight_quant")
         input_names = QUANT_CLASSES[type(module)].input_names
         inputs = tuple(_act(plan, qcfg, f"{name}.{n}", on) for n, on in zip(input_names, plan.inputs))
-        attach_quantizers(module, weight, inputs, _act(plan, qcfg, f"{name}.output_quant", plan.output))
+        output = _act(plan, qcfg, f"{name}.output_quant", plan.output, nonnegative=isinstance(module, nn.ReLU))
+        attach_quantizers(module, weight, inputs, output)
         if device is not None:
             module.to(device)
     if qcfg.mode != "deploy":

@@ -168,11 +168,14 @@ class FakeQuantizer(nn.Module):
     """
 
     def __init__(self, bits: int, symmetric: bool, estimator: RangeEstimator, channels: int | None = None,
-                 learnable: bool = False, name: str = ""):
+                 learnable: bool = False, name: str = "", nonnegative: bool = False):
         super().__init__()
         if estimator.per_channel != (channels is not None):
             raise ValueError("estimator and quantizer disagree on per-channel granularity")
+        if nonnegative and symmetric:
+            raise ValueError("a nonnegative quantizer uses the unsigned grid, not the symmetric one")
         self.symmetric, self.learnable, self.name = symmetric, learnable, name
+        self.nonnegative = nonnegative  # a ReLU's output: unsigned grid, zero point fixed at 0
         self.per_channel = channels is not None
         self.num_bits = bits
         self.quant_min, self.quant_max = int_grid(bits, symmetric)
@@ -183,7 +186,7 @@ class FakeQuantizer(nn.Module):
         if learnable:
             self.scale = nn.Parameter(torch.ones(shape))
             zero_point = torch.zeros(shape)
-            if symmetric:
+            if symmetric or nonnegative:
                 self.register_buffer("zero_point", zero_point)
             else:
                 self.zero_point = nn.Parameter(zero_point)
@@ -210,9 +213,11 @@ class FakeQuantizer(nn.Module):
     @torch.no_grad()
     def set_range(self, min_val: torch.Tensor, max_val: torch.Tensor) -> None:
         """Set ``scale``/``zero_point`` from a range (used by observation and by ``sync_observers``)."""
+        if self.nonnegative:
+            min_val = torch.zeros_like(min_val)
         scale, zero_point = qparams_from_range(min_val, max_val, self.quant_min, self.quant_max, self.symmetric)
         self.scale.copy_(scale)
-        if not self.symmetric:  # a symmetric zero point stays 0
+        if not self.symmetric:  # a symmetric zero point stays 0 (and a nonnegative one: min_val is 0)
             self.zero_point.copy_(zero_point)
 
     @torch.no_grad()
@@ -290,11 +295,14 @@ def weight_quantizer(bits: int, channels: int | None, symmetric: bool, learnable
 
 
 def act_quantizer(bits: int, observer: str, percentile: float = 99.99, momentum: float = 0.01,
-                  name: str = "", lsq_init: str = "minmax") -> FakeQuantizer:
+                  name: str = "", lsq_init: str = "minmax", nonnegative: bool = False) -> FakeQuantizer:
     """Activations: per-tensor affine with a stateful range estimator; ``lsq`` learns the range after
-    the estimator named by ``lsq_init`` (minmax, ema or percentile) has initialised it."""
+    the estimator named by ``lsq_init`` (minmax, ema or percentile) has initialised it.  ``nonnegative``
+    (a ReLU's output) keeps the zero point at 0, so the runtime can fold the ReLU into the producer's
+    integer output."""
     estimators = {"minmax": RunningMinMax,
                   "ema": lambda: EMAMinMax(momentum=momentum),
                   "percentile": lambda: PercentileRange(percentile=percentile)}
     learnable = observer == "lsq"
-    return FakeQuantizer(bits, False, estimators[lsq_init if learnable else observer](), None, learnable, name)
+    return FakeQuantizer(bits, False, estimators[lsq_init if learnable else observer](), None, learnable, name,
+                         nonnegative)

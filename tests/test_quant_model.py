@@ -104,6 +104,41 @@ def test_deploy_placement_quantizes_each_kernel_input_once() -> None:
     assert not student.add.output_quant.symmetric and int(student.add.output_quant.qmax) == 255
 
 
+class ReluNet(nn.Module):
+    """The ReLU patterns of dlib's ResNet: conv -> ReLU, max pool and zero padding, a sum read by a ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.relu1, self.pool = nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2)
+        self.conv2, self.pad = nn.Conv2d(8, 8, 3, 1, 0), nn.ZeroPad2d((1, 1, 1, 1))
+        self.add, self.relu2 = Add(), nn.ReLU()
+        self.fc = nn.Linear(8 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu1(self.conv1(x)))
+        x = self.relu2(self.add(self.pad(self.conv2(x)), x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_deploy_placement_quantizes_relu_outputs_with_zero_point_zero() -> None:
+    student = quantize_model(ReluNet().eval(), QuantConfig(act_observer="lsq"))
+    assert placement(student) == {
+        "conv1.input_quant", "conv1.weight_quant",
+        "relu1.output_quant",                               # unsigned, zero point 0: int8 kernels fold the ReLU
+        "conv2.weight_quant",                               # reads max_pool(relu1): still on relu1's grid
+        "add.input0_quant",                                 # pad(conv2): the int8 conv's output, then an int8 pad
+        "relu2.output_quant",                               # the sum has no quantizer of its own: relu2's is it
+        "fc.weight_quant",                                  # reads flatten(relu2): on relu2's grid
+    }
+    q = student.relu1.output_quant
+    assert q.nonnegative and not isinstance(q.zero_point, nn.Parameter) and int(q.qmin) == 0
+    calibrate(student, [torch.randn(4, 3, 8, 8)])
+    assert q.zero_point.item() == 0 and student.relu2.output_quant.zero_point.item() == 0
+    assert student.conv2.bias_input[0] is q  # the int32 bias grid of conv2 uses relu1's scale
+    float_model = quantize_model(ReluNet().eval(), QuantConfig(mode="quantface"))
+    assert not any("relu" in name for name in placement(float_model))  # the paper's placement leaves ReLU float
+
+
 def test_deploy_placement_on_r100(r100: nn.Module) -> None:
     student = quantize_model(r100, QuantConfig())
     names = placement(student)

@@ -15,6 +15,7 @@ The table ends in the ratios ours / fp32 onnxruntime and ours / quantize_static.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -27,13 +28,17 @@ import torch
 import quant
 from assets import ensure_asset
 from backbones import get_model, load_float_model
+from backbones.spec import InputSpec
 from data import GeneratedFaces
 from deploy import OnnxModel, export_onnx
 from deploy.baseline import quantize_static_baseline
 from deploy.timing import images_per_s
+from utils.checkpoint import save_checkpoint
 
-VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "quantize_static int8", "ours int8")
-DEMO_STUDENT = Path("work_dirs/demo_mbf_w8a8/student_final.pt")
+VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "quantize_static int8", "ours int8", "ours int8 W7")
+# pretrained teachers: asset, and the demo's trained W8A8 student when present (else calibration only)
+PRETRAINED = {"demo": ("mobilefacenet_tflite", Path("work_dirs/demo_mbf_w8a8/student_final.pt")),
+              "dlib": ("dlib_resnet", Path("work_dirs/demo_dlib_w8a8/student_final.pt"))}
 
 
 def _faces(spec, count: int) -> list[torch.Tensor]:
@@ -51,26 +56,34 @@ def _with_statistics(model: torch.nn.Module, faces: list[torch.Tensor]) -> torch
 
 
 def build_variants(name: str, work: Path) -> dict[str, Path]:
-    """The four model files of one network (the fp32 PyTorch one as a state-dict checkpoint)."""
-    if name == "demo":
-        teacher = load_float_model(ensure_asset("mobilefacenet_tflite")).eval()
+    """The model files of one network (the fp32 PyTorch one as a checkpoint).  ``ours int8 W7``: the same
+    calibration with 7-bit weights, which export in int8 containers (exact on CPUs without VNNI, see
+    ``deploy.onnx_export``), where 8-bit weights need uint8 ones."""
+    pretrained = name in PRETRAINED
+    if pretrained:
+        teacher = load_float_model(ensure_asset(PRETRAINED[name][0])).eval()
     else:
         torch.manual_seed(0)
         teacher = _with_statistics(get_model(name), _faces(get_model(name).input_spec, 64))
     faces = _faces(teacher.input_spec, 64)
-    if name == "demo" and DEMO_STUDENT.is_file():
-        student = quant.load_quantized(DEMO_STUDENT).eval()
-    else:
-        qcfg = quant.QuantConfig(bn_mode="frozen" if name == "demo" else "fold", equalize=name == "demo",
-                                 bias_correction=name == "demo")
-        student = quant.post_training_quantize(teacher, qcfg, faces, len(faces)).student.eval()
+    qcfg = quant.QuantConfig(bn_mode="frozen" if pretrained else "fold", equalize=pretrained,
+                             bias_correction=pretrained)
+    students = {"ours int8": quant.post_training_quantize(teacher, qcfg, faces, len(faces)).student.eval(),
+                "ours int8 W7": quant.post_training_quantize(teacher, dataclasses.replace(qcfg, weight_bits=7), faces,
+                                                             len(faces)).student.eval()}
+    if pretrained and PRETRAINED[name][1].is_file():
+        students["ours int8"] = quant.load_quantized(PRETRAINED[name][1]).eval()
     files = {"fp32 pytorch": work / f"{name}.pt", "fp32 onnxruntime": work / f"{name}_fp32.onnx",
-             "quantize_static int8": work / f"{name}_qs.onnx", "ours int8": work / f"{name}_int8.onnx"}
-    torch.save({"model": teacher.state_dict(), "network": "mfn_tflite" if name == "demo" else name},
-               files["fp32 pytorch"])
+             "quantize_static int8": work / f"{name}_qs.onnx", "ours int8": work / f"{name}_int8.onnx",
+             "ours int8 W7": work / f"{name}_int8_w7.onnx"}
+    if pretrained:
+        files["fp32 pytorch"] = ensure_asset(PRETRAINED[name][0])
+    else:
+        save_checkpoint(files["fp32 pytorch"], teacher.state_dict(), {"network": name})
     export_onnx(teacher, files["fp32 onnxruntime"])
     quantize_static_baseline(files["fp32 onnxruntime"], faces, files["quantize_static int8"])
-    export_onnx(student, files["ours int8"])
+    for variant, student in students.items():
+        export_onnx(student, files[variant])
     return files
 
 
@@ -81,24 +94,23 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def measure(path: Path, batches: list[int], threads: list[int], repeats: int) -> dict[str, Any]:
+def measure(path: Path, batches: list[int], threads: list[int], repeats: int, size: int) -> dict[str, Any]:
     """Images/s per (batch, threads) and the peak RSS of this process (run in a fresh process)."""
     rates = {}
     for count in threads:
         torch.set_num_threads(count)
-        if path.suffix == ".onnx":
-            model = OnnxModel(path, threads=count, spec=get_model("mbf").input_spec)
+        if path.suffix == ".onnx":  # the input is timed already normalised: the spec only gives the side
+            model = OnnxModel(path, threads=count, spec=InputSpec(size=size))
         else:
-            blob = torch.load(path, weights_only=True)
-            model = get_model(blob["network"]).eval()
-            model.load_state_dict(blob["model"])
+            model = load_float_model(path).eval()
         for batch in batches:
-            rates[f"b{batch}t{count}"] = images_per_s(model, batch, repeats=repeats)
+            rates[f"b{batch}t{count}"] = images_per_s(model, batch, size, repeats=repeats)
     return {"rates": rates, "peak_mb": _peak_rss_mb(), "size_mb": path.stat().st_size / 1e6}
 
 
-def _child(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, "-m", "tools.bench_deploy", "--measure", str(path), "--repeats", str(args.repeats),
+def _child(path: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, "-m", "tools.bench_deploy", "--measure", str(path), "--size", str(size),
+               "--repeats", str(args.repeats),
                "--batches", *map(str, args.batches), "--threads", *map(str, args.threads)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if run.returncode != 0:
@@ -116,10 +128,11 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
     lines.append("")
     lines.append("images/s ratios (" + ", ".join(keys) + "); file size ratio ours / fp32 onnx")
     for name, variants in results.items():
+        for mine in ("ours int8", "ours int8 W7"):
+            for base in ("fp32 onnxruntime", "quantize_static int8"):
+                ratios = " ".join(f"{variants[mine]['rates'][k] / variants[base]['rates'][k]:9.2f}" for k in keys)
+                lines.append(f"{name:<12} {mine[5:]:<7} / {base:<22} {ratios}")
         ours = variants["ours int8"]
-        for base in ("fp32 onnxruntime", "quantize_static int8"):
-            ratios = " ".join(f"{ours['rates'][k] / variants[base]['rates'][k]:9.2f}" for k in keys)
-            lines.append(f"{name:<12} ours / {base:<22} {ratios}")
         lines.append(f"{name:<12} size ours / fp32 onnx      {ours['size_mb'] / variants['fp32 onnxruntime']['size_mb']:9.3f}")
     return "\n".join(lines)
 
@@ -127,21 +140,24 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--networks", nargs="*", default=["r18", "r50", "mbf", "vargfacenet"])
-    parser.add_argument("--demo", action="store_true", help="also the demo's pretrained teacher and its student")
+    parser.add_argument("--demo", action="store_true", help="also the pretrained teachers (the demo's MobileFaceNet "
+                        "and dlib's ResNet-29) and their students")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (best is kept)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process's job
+    parser.add_argument("--size", type=int, default=112, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, args.batches, args.threads, args.repeats)))
+        print(json.dumps(measure(args.measure, args.batches, args.threads, args.repeats, args.size)))
         return 0
-    names = list(args.networks) + (["demo"] if args.demo else [])
+    names = list(args.networks) + (list(PRETRAINED) if args.demo else [])
     results: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         for name in names:
             files = build_variants(name, Path(tmp))
-            results[name] = {variant: _child(files[variant], args) for variant in VARIANTS}
+            size = load_float_model(files["fp32 pytorch"]).input_spec.size
+            results[name] = {variant: _child(files[variant], size, args) for variant in VARIANTS}
             print(f"measured {name}", flush=True)
     print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, cpu "
           f"{_cpu_name()}\n{report(results, args)}")
