@@ -13,6 +13,7 @@ after each checkpoint), ``results.md`` (one row per checkpoint, as in the QuantF
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from backbones.spec import spec_with
 from eval.embed import DEFAULT_WORKERS
 from eval.ijb import TARGETS as IJB_TARGETS
 from eval.ijb import IjbFormatError, IjbSet, evaluate_ijb, far_key, load_ijb
@@ -50,7 +52,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="image decoding threads")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--onnx-input-spec", default=None, metavar="JSON",
+                        help="input of .onnx files not exported by this toolkit (which records it), as JSON with "
+                             'keys size mean std channels alignment, e.g. \'{"channels": "BGR", "std": [128, 128, 128]}\'; '
+                             "missing keys are the ArcFace convention (112, RGB, 127.5/127.5)")
     args = parser.parse_args(argv)
+    if args.onnx_input_spec is not None:
+        try:
+            args.onnx_input_spec = spec_with(json.loads(args.onnx_input_spec))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            parser.error(f"--onnx-input-spec {args.onnx_input_spec!r}: {exc}")
     if args.targets is not None and not args.data_dir:
         parser.error("--targets needs --data-dir (the folder holding <target>.bin)")
     targets = DEFAULT_TARGETS if args.targets is None else args.targets
@@ -72,7 +83,7 @@ def evaluate_checkpoint(path: str, label: str, args: argparse.Namespace, device:
                         bins: dict[str, Path], ijb_sets: dict[str, IjbSet], out: Path,
                         curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
     """Every requested benchmark for one checkpoint; IJB ROC curves are added to ``curves``."""
-    model, meta, size_mb = load_model_file(path, args.network)
+    model, meta, size_mb = load_model_file(path, args.network, onnx_spec=args.onnx_input_spec)
     model.to(device)
     entry: dict[str, Any] = {"label": label, "path": str(path), "network": meta.get("network", args.network),
                              "bits": bits_label(meta), "size_mb": size_mb, "runtime": type(model).__name__,

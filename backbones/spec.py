@@ -57,6 +57,19 @@ class InputSpec:
 ARCFACE = InputSpec()  # insightface / arcface_torch models: (x - 127.5) / 127.5, RGB, 112x112
 
 
+def spec_with(overrides: Mapping[str, Any], base: InputSpec = ARCFACE) -> InputSpec:
+    """``base`` with some fields replaced (e.g. an ONNX file's input, which the file does not record); an
+    unknown key or a bad value is a ValueError naming it."""
+    fields = base.to_dict()
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown input spec key(s) {unknown} (known: {sorted(fields)})")
+    try:
+        return InputSpec.from_dict({**fields, **overrides})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"input spec {dict(overrides)!r}: {exc}") from exc
+
+
 def input_spec_of(model: nn.Module) -> InputSpec:
     """The spec ``get_model`` attached to ``model`` (or to the model inside a DDP wrapper)."""
     spec = getattr(getattr(model, "module", model), "input_spec", None)

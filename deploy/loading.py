@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from backbones.spec import InputSpec
+
 import quant
 from deploy.onnx_model import OnnxModel
 from deploy.packed import load_packed
@@ -14,14 +16,15 @@ from deploy.packed import load_packed
 PACKED_SUFFIX = ".qfpack"
 
 
-def load_model_file(path: str | os.PathLike, network: str | None = None, threads: int = 0
-                    ) -> tuple[nn.Module, dict[str, Any], float]:
-    """``(model, meta, size_mb)``: ``.onnx`` runs in onnxruntime (size = the file), ``.qfpack`` is a packed
-    student (size = the file), anything else a checkpoint (``quant.load_any_model``; size = parameters at
-    their bit widths, ``quant.size_report``)."""
+def load_model_file(path: str | os.PathLike, network: str | None = None, threads: int = 0,
+                    onnx_spec: InputSpec | None = None) -> tuple[nn.Module, dict[str, Any], float]:
+    """``(model, meta, size_mb)``: ``.onnx`` runs in onnxruntime (size = the file; ``onnx_spec`` for a file that
+    does not record its input, i.e. not exported here), ``.qfpack`` is a packed student (size = the file),
+    anything else a checkpoint (``quant.load_any_model``; size = parameters at their bit widths,
+    ``quant.size_report``)."""
     path = Path(path)
     if path.suffix == ".onnx":
-        model = OnnxModel(path, threads)
+        model = OnnxModel(path, threads, onnx_spec)
         return model, model.meta, model.size_mb
     if path.suffix == PACKED_SUFFIX:
         model, meta = load_packed(path)

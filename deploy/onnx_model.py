@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -50,18 +51,28 @@ class OnnxModel(nn.Module):
                                  ) from exc
         props = self.session.get_modelmeta().custom_metadata_map
         if spec is None and SPEC_KEY not in props:
-            raise OnnxModelError(f"{self.path} has no '{SPEC_KEY}' metadata (not exported by tools.export_onnx); "
-                                 "pass the input spec explicitly")
+            raise OnnxModelError(f"{self.path} has no '{SPEC_KEY}' metadata (not exported by tools.export_onnx), so "
+                                 "its input normalisation is unknown: give it (eval_benchmarks.py --onnx-input-spec)")
         self.input_spec = spec or InputSpec.from_dict(json.loads(props[SPEC_KEY]))
         self.meta: dict[str, Any] = json.loads(props.get(META_KEY, "{}"))
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise OnnxModelError(f"{self.path} has {len(inputs)} inputs; a face model takes one image batch")
         self.input_name = inputs[0].name
+        batch = inputs[0].shape[0] if inputs[0].shape else None
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None  # e.g. exported with batch 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (out,) = self.session.run(None, {self.input_name: x.detach().to("cpu", torch.float32).contiguous().numpy()})
-        return torch.from_numpy(out)
+        x = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        step = self.fixed_batch or len(x)
+        outs = []
+        for start in range(0, len(x), step):  # a graph with a fixed batch size runs chunk by chunk
+            chunk = x[start:start + step]
+            short = step - len(chunk)
+            if short:  # the last chunk is padded to the fixed size; the padding's outputs are dropped
+                chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self.session.run(None, {self.input_name: chunk})[0][:step - short])
+        return torch.from_numpy(np.concatenate(outs))
 
     @property
     def size_mb(self) -> float:

@@ -21,7 +21,7 @@ from torch import nn
 import quant
 from backbones import get_model, input_spec, load_float_model
 from backbones.loading import read_float_source
-from backbones.spec import ARCFACE, InputSpec, check_meta_spec
+from backbones.spec import ARCFACE, InputSpec, check_meta_spec, spec_with
 from data import TrainBatches, build_train_batches
 from distill.features import FeatureDistillation
 from distill.losses import LOSSES, DistillationLoss
@@ -176,14 +176,10 @@ def onnx_input_spec(cfg: Config) -> InputSpec:
     if not str(cfg.teacher).lower().endswith(".onnx"):
         raise TrainingError(f"onnx_input_spec is set but teacher {cfg.teacher} is not an .onnx file; its input "
                             "spec comes from its backbone: remove onnx_input_spec")
-    fields = {**ARCFACE.to_dict(), **cfg.onnx_input_spec}
-    unknown = sorted(set(fields) - set(ARCFACE.to_dict()))
-    if unknown:
-        raise TrainingError(f"onnx_input_spec: unknown key(s) {unknown} (known: {sorted(ARCFACE.to_dict())})")
     try:
-        return InputSpec.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise TrainingError(f"onnx_input_spec={cfg.onnx_input_spec!r}: {exc}") from exc
+        return spec_with(cfg.onnx_input_spec)
+    except ValueError as exc:
+        raise TrainingError(f"onnx_input_spec: {exc}") from exc
 
 
 def load_teacher(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import eval_benchmarks
+from assets import ensure_asset
 from backbones import get_model
 from eval.report import benchmark_table, checkpoint_labels
 from eval.verification import write_bin
@@ -121,3 +122,23 @@ def test_bare_arcface_state_dict_with_network(tmp_path: Path, capsys: pytest.Cap
     cfp = entry["verification"]["cfp_fp"]
     assert cfp["pairs"] == 10 and cfp["val"] is None  # folds of one pair: VAL undefined, accuracy still reported
     assert "VAL undefined" in capsys.readouterr().out
+
+
+def test_a_foreign_onnx_model_is_evaluated_with_its_input_spec_given(tmp_path: Path, capsys) -> None:
+    """The faceplugin .onnx as shipped (batch fixed at 1, BGR, no metadata of ours): onnxruntime runs it
+    chunk by chunk with the spec given on the command line, and it verifies the real-face pairs."""
+    images, issame = real_face_pairs(20, seed=3)
+    write_bin(tmp_path / "lfw.bin", images, issame)
+    onnx_path = ensure_asset("faceplugin_onnx_source")
+    common = ["--checkpoint", str(onnx_path), "--data-dir", str(tmp_path), "--targets", "lfw", "--device", "cpu",
+              "--batch-size", "7", "--out", str(tmp_path / "out")]
+    assert eval_benchmarks.main(common) != 0  # its input is unknown: the error says how to give it
+    assert "--onnx-input-spec" in capsys.readouterr().err
+    spec = '{"channels": "BGR", "std": [128, 128, 128]}'
+    assert eval_benchmarks.main([*common, "--onnx-input-spec", spec]) == 0
+    entry = json.loads((tmp_path / "out" / "results.json").read_text())["checkpoints"][0]
+    assert entry["runtime"] == "OnnxModel" and entry["input_spec"]["channels"] == "BGR"
+    assert entry["verification"]["lfw"]["accuracy"] >= 0.9  # a real model on real faces
+    with pytest.raises(SystemExit):
+        eval_benchmarks.parse_args([*common, "--onnx-input-spec", '{"chanels": "BGR"}'])
+    assert "unknown input spec key(s) ['chanels']" in capsys.readouterr().err

@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("network", help=f"backbone name ({', '.join(available_models())})")
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 8, 6, 4], help="bit widths to size")
     parser.add_argument("--num-features", type=int, default=512, help="embedding size")
-    parser.add_argument("--image-size", type=int, default=112, help="input side for MAC counting")
+    parser.add_argument("--image-size", type=int, default=None, help="input side for MAC counting (default: the "
+                        "model's declared input size)")
     parser.add_argument("--kwargs", default="{}", help='extra constructor keywords as JSON, e.g. \'{"scale": 1}\'')
     args = parser.parse_args(argv)
     try:
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model = get_model(args.network, num_features=args.num_features, **kwargs)
     except ValueError as exc:
         parser.error(str(exc))
-    stats = model_stats(model, args.image_size, args.bits)
+    stats = model_stats(model, args.image_size or model.input_spec.size, args.bits)
     print(format_stats(args.network, stats))
     return stats
 
