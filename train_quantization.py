@@ -11,7 +11,8 @@ Activation ranges are observed on ``calibration_batches`` batches before trainin
 ``observer_steps`` training steps (kept identical across ranks), then frozen.  Rank 0 logs to
 ``<output>/metrics.jsonl``, verifies on .bin targets, writes resumable checkpoints (``resume=true``
 continues exactly, and refuses an output whose run had other settings) and, at the end,
-``student_final.pt`` (``quant.load_quantized``) and ``summary.json``.  The work is done by ``distill``.
+``student_final.pt`` (``quant.load_quantized``) and ``summary.json``.  ``generations=N`` distils N times in
+a row, each generation from the previous one's student (``<output>/gen<g>``).  The work is done by ``distill``.
 
 Exit status: 0 done; 1 a configuration / checkpoint / data error, or the loss became NaN/inf (the
 message names the step; the last good checkpoint is kept).  Setting the environment variable
@@ -24,7 +25,7 @@ import argparse
 import sys
 
 import quant
-from distill import TrainingError, train
+from distill import TrainingError, train_generations
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, load_config
 from utils.distributed import cleanup, init_distributed
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        train(cfg, env)
+        train_generations(cfg, env)
     except (TrainingError, CheckpointError, ConfigError, quant.QuantConfigError, quant.QuantizeError) as exc:
         print(f"\nerror (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
         return 1

@@ -14,6 +14,8 @@ student_network = ""          # student backbone; "" = same architecture as the 
 student_network_kwargs = {}   # constructor keywords for a different student architecture
 student_embedding_size = 0    # 0 = same as embedding_size; differing sizes get a learned projection in the loss
 student_init = ""             # checkpoint for a different student architecture; "" = random init
+student_from = ""             # a quantized student (student_final.pt) to go on distilling, instead of quantizing a new one
+generations = 1               # recursive distillation (VarGFaceNet): N > 1 trains <output>/gen1..genN, each from the previous one's student
 
 # ---- quantization -------------------------------------------------------------------------------
 weight_bits = 8               # weight bit width, 2-8 (16 or 32 = keep float)

@@ -2,7 +2,8 @@
 intermediate outputs (``features``), on synthetic or real faces.  ``setup`` builds a run, ``loop`` trains
 it, ``callbacks`` log, verify and checkpoint it, ``train_state`` makes it resumable bit for bit, and
 ``schedule`` gives its learning rate per step."""
+from distill.generations import train_generations
 from distill.loop import FINAL_STUDENT, RANK_STATE_ENV, train
 from distill.setup import TrainingError, prepare_run
 
-__all__ = ["FINAL_STUDENT", "RANK_STATE_ENV", "TrainingError", "prepare_run", "train"]
+__all__ = ["FINAL_STUDENT", "RANK_STATE_ENV", "TrainingError", "prepare_run", "train", "train_generations"]

@@ -28,7 +28,7 @@ from distill.losses import LOSSES, DistillationLoss
 from distill.schedule import SCHEDULERS, build_scheduler, milestone_steps, scaled_lr, total_steps
 from eval.verification import find_bins
 from distill.train_state import list_checkpoints, load_training_state, restore_rng_state, rng_isolated
-from utils.checkpoint import load_state_strict
+from utils.checkpoint import load_state_strict, read_checkpoint
 from utils.config import Config
 from utils.distributed import DistEnv
 
@@ -93,7 +93,12 @@ def check_run_fields(cfg: Config) -> None:
     for key in ("observer_steps", "calibration_batches"):
         if cfg[key] < 0:
             raise TrainingError(f"{key}={cfg[key]} must be >= 0")
-    if cfg.observer_steps == 0 and cfg.calibration_batches == 0:
+    if cfg.generations < 1:
+        raise TrainingError(f"generations={cfg.generations} must be >= 1")
+    if cfg.student_from and (cfg.student_init or cfg.student_embedding_size):
+        raise TrainingError("student_from continues a quantized student as it is; student_init and "
+                            "student_embedding_size do not apply to it")
+    if cfg.observer_steps == 0 and cfg.calibration_batches == 0 and not cfg.student_from:
         raise TrainingError("activation ranges would never be observed: set calibration_batches >= 1 (batches "
                             "observed before training) or observer_steps >= 1 (training steps that observe)")
     if cfg.bias_correction and cfg.calibration_batches == 0:
@@ -225,6 +230,26 @@ def build_student(cfg: Config, teacher: nn.Module, teacher_kwargs: dict[str, Any
     return get_model(cfg.student_network, **kwargs), cfg.student_network, kwargs
 
 
+def load_student_from(cfg: Config, device: torch.device) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The quantized student of ``student_from`` (e.g. the previous generation's), checked to be the student
+    this config describes: the same backbone and the same quantization settings."""
+    _, meta = read_checkpoint(cfg.student_from)
+    if not meta.get("quant"):
+        raise TrainingError(f"student_from {cfg.student_from} is a float checkpoint; give a quantized student "
+                            "(student_final.pt)")
+    expected = cfg.student_network or cfg.network
+    if meta.get("network") != expected:
+        raise TrainingError(f"student_from {cfg.student_from} is a '{meta.get('network')}' student, this config's "
+                            f"student is a '{expected}'")
+    ours, theirs = quant.QuantConfig.from_config(cfg).to_dict(), meta["quant"]
+    differ = sorted(key for key in ours if ours[key] != theirs.get(key))
+    if differ:
+        raise TrainingError(f"student_from {cfg.student_from} was quantized with other settings: "
+                            + ", ".join(f"{k}={theirs.get(k)!r} (config {ours[k]!r})" for k in differ))
+    student = quant.load_quantized(cfg.student_from, map_location=device).train()
+    return student, meta["network"], dict(meta.get("network_kwargs", {}))
+
+
 def quantize_student(cfg: Config, float_student: nn.Module, teacher: nn.Module, data: TrainBatches,
                      device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The quantized student, through ``quant.post_training_quantize`` on the calibration batches (the
@@ -287,10 +312,16 @@ def build_models(cfg: Config, env: DistEnv) -> dict[str, Any]:
     teacher, teacher_kwargs = load_teacher(cfg)
     spec = teacher.input_spec
     check_input_spec(cfg, spec, cfg.network)
-    float_student, student_name, student_kwargs = build_student(cfg, teacher, teacher_kwargs)
     try:
         data = build_train_batches(cfg, spec, env.device, env.rank, env.world_size)
-        student, teacher = quantize_student(cfg, float_student, teacher, data, env.device)
+        if cfg.student_from:
+            if cfg.feature_layers and cfg.equalize:
+                raise TrainingError("feature_layers with equalize needs the equalised teacher of the first run; "
+                                    "with student_from, distil the embedding only (feature_layers=[])")
+            student, student_name, student_kwargs = load_student_from(cfg, env.device)
+        else:
+            float_student, student_name, student_kwargs = build_student(cfg, teacher, teacher_kwargs)
+            student, teacher = quantize_student(cfg, float_student, teacher, data, env.device)
     except ValueError as exc:  # no or unreadable data; the message names the file or field
         raise TrainingError(f"training data: {exc}") from exc
     teacher = teacher.to(env.device).eval().requires_grad_(False)  # after the student copied it

@@ -18,6 +18,6 @@ def write_config(path: Path, **fields) -> Path:
 
 
 def run_inprocess(config: Path, *overrides: str):
-    """``train()`` as the script runs it (one process), returning (student, summary)."""
+    """Training as the script runs it (one process, ``generations`` included), returning (student, summary)."""
     cfg = load_config(config, overrides)
-    return distill.train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
+    return distill.train_generations(cfg, DistEnv(0, 1, 0, torch.device("cpu")))

@@ -6,6 +6,7 @@ in this process where possible; the kill-and-resume and the 2-process DDP tests 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -322,3 +323,38 @@ def test_two_process_gloo_run_ends_with_identical_weights_and_ranges_on_both_ran
     final, meta = read_checkpoint(tmp_path / "ddp" / distill.FINAL_STUDENT)  # written by rank 0 only
     assert final.keys() == rank0.keys() and all(torch.equal(final[k], rank0[k]) for k in rank0)
     assert (tmp_path / "ddp" / "summary.json").is_file()
+
+
+def test_recursive_distillation_trains_generations_each_from_the_last(assets, tmp_path):
+    out = tmp_path / "rkd"
+    config = write_config(tmp_path / "cfg.py", network="mbf", network_kwargs=MBF, embedding_size=64,
+                          teacher=str(assets["mbf"]), data_path=str(assets["faces2"]), batch_size=2, num_steps=4,
+                          lr=0.05, weight_bits=4, act_bits=4, output=str(out), generations=2)
+    student, summary = run_inprocess(config)
+    gens = summary["generations"]
+    assert [g["generation"] for g in gens] == [1, 2] and json.loads((out / "summary.json").read_text()) == summary
+    first, second = losses(out / "gen1"), losses(out / "gen2")
+    assert len(first) == len(second) == 4
+    assert second[0] < first[0] and second[0] < 1.5 * first[-1], (first, second)  # gen 2 starts where gen 1 ended
+    saved = json.loads((out / "gen2" / "config.json").read_text())
+    assert saved["student_from"] == str(out / "gen1" / distill.FINAL_STUDENT) and saved["generations"] == 1
+    assert_same_outputs(student, out / "gen2" / distill.FINAL_STUDENT)
+    # a finished set of generations resumes without training again, to the same students
+    resumed, again = run_inprocess(config, "resume=true")
+    assert len(losses(out / "gen2")) == 4 and [g["steps"] for g in again["generations"]] == [4, 4]
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(resumed.eval()(x), student.eval()(x))
+
+
+def test_student_from_must_be_the_configured_student(assets, tmp_path, capsys):
+    first = tmp_path / "first"
+    config = write_config(tmp_path / "cfg.py", network="mbf", network_kwargs=MBF, embedding_size=64,
+                          teacher=str(assets["mbf"]), data_path=str(assets["faces2"]), batch_size=2, num_steps=1,
+                          weight_bits=4, act_bits=4, output=str(first))
+    run_inprocess(config)
+    student = str(first / distill.FINAL_STUDENT)
+    assert tq.main([str(config), f"student_from={student}", "weight_bits=6", f"output={tmp_path / 'x'}"]) == 1
+    assert "was quantized with other settings: weight_bits=4 (config 6)" in capsys.readouterr().err
+    assert tq.main([str(config), f"student_from={assets['mbf']}", f"output={tmp_path / 'y'}"]) == 1
+    assert "is a float checkpoint" in capsys.readouterr().err

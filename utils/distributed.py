@@ -71,6 +71,12 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op in one process): e.g. until rank 0 has written a file the others read."""
+    if is_distributed():
+        dist.barrier()
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean of ``value`` over ranks (a new tensor; the input is left alone)."""
     value = value.detach().clone()
