@@ -48,20 +48,22 @@ def _entry(name: str) -> tuple[Callable[..., nn.Module], InputSpec | None]:
 
 def input_spec(name: str, network_kwargs: Mapping[str, Any] | None = None) -> InputSpec:
     """The input backbone ``name`` (built with ``network_kwargs``) expects: size, normalisation, channel order,
-    alignment."""
+    alignment.  An ``input_spec`` keyword replaces the declared one (a student trained from scratch on its
+    teacher's input; ``onnx_graph`` always has one)."""
     spec = _entry(name)[1]
-    if spec is not None:
-        return spec
-    if not network_kwargs or "input_spec" not in network_kwargs:
+    if network_kwargs and "input_spec" in network_kwargs:
+        return InputSpec.from_dict(network_kwargs["input_spec"])
+    if spec is None:
         raise ValueError(f"backbone '{name}' takes its input spec from its network_kwargs, and none were given")
-    return InputSpec.from_dict(network_kwargs["input_spec"])
+    return spec
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Build backbone ``name`` with constructor keywords ``kwargs`` (e.g. ``num_features=512``); the model
     carries its ``InputSpec`` as ``model.input_spec``."""
-    build = _entry(name)[0]
-    model = build(**kwargs)
+    build, declared = _entry(name)
+    own = {k: v for k, v in kwargs.items() if k != "input_spec"} if declared is not None else kwargs
+    model = build(**own)
     model.input_spec = input_spec(name, kwargs)
     return model
 

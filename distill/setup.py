@@ -222,6 +222,8 @@ def build_student(cfg: Config, teacher: nn.Module, teacher_kwargs: dict[str, Any
                                 "a student of the teacher's architecture starts as the teacher's copy")
         return teacher, cfg.network, teacher_kwargs
     kwargs = {"num_features": cfg.student_embedding_size or cfg.embedding_size, **cfg.student_network_kwargs}
+    if not cfg.student_init and input_spec(cfg.student_network, kwargs) != teacher.input_spec:
+        kwargs["input_spec"] = teacher.input_spec.to_dict()  # from scratch: it learns on the teacher's input
     if input_spec(cfg.student_network, kwargs) != teacher.input_spec:
         raise TrainingError(f"student_network={cfg.student_network!r} expects input {input_spec(cfg.student_network)} "
                             f"but the {cfg.network} teacher {teacher.input_spec}; both see the same batches")

@@ -23,8 +23,8 @@ import torch
 import quant
 import distill
 import train_quantization as tq
-from backbones import get_model, input_spec
-from data import build_train_batches
+from backbones import get_model, input_spec, load_float_model
+from data import GeneratedFaces, build_train_batches
 from eval.verification import write_bin
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.config import load_config
@@ -358,3 +358,28 @@ def test_student_from_must_be_the_configured_student(assets, tmp_path, capsys):
     assert "was quantized with other settings: weight_bits=4 (config 6)" in capsys.readouterr().err
     assert tq.main([str(config), f"student_from={assets['mbf']}", f"output={tmp_path / 'y'}"]) == 1
     assert "is a float checkpoint" in capsys.readouterr().err
+
+
+def test_vargfacenet_student_of_the_real_teacher_moves_towards_it(tmp_path):
+    """The shipped config at tiny size: a narrow VarGFaceNet from scratch learns the pretrained MobileFaceNet
+    (its input spec adopted); the cosine to the teacher on held-out generated faces rises over the run."""
+    out = tmp_path / "varg"
+    overrides = ["num_steps=30", "batch_size=8", "calibration_batches=1", "save_every=100", "warmup_steps=0",
+                 "student_network_kwargs={'multiplier': 0.25}", f"output={out}", "log_every=5"]
+    config = ROOT / "config" / "vargfacenet_from_mfn_tflite.py"
+    cfg = load_config(config, overrides)
+    teacher = load_float_model(cfg.teacher).eval()
+    faces = GeneratedFaces(cfg.generator_weights, 16, seed=99)
+    held_out = teacher.input_spec.normalise(faces.generate(range(16)))
+
+    def agreement(student: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.cosine_similarity(student.eval()(held_out), teacher(held_out)).mean())
+
+    before = agreement(run_inprocess(config, *[o.replace("num_steps=30", "num_steps=1") for o in overrides])[0])
+    student, summary = run_inprocess(config, *overrides, "resume=false", f"output={out}_full")
+    after = agreement(student)
+    assert summary["student"] == "vargfacenet" and summary["bits"] == "W8A8"
+    assert after > before + 0.1, (before, after)
+    _, meta = read_checkpoint(out.parent / "varg_full" / distill.FINAL_STUDENT)
+    assert meta["network_kwargs"]["input_spec"]["std"] == [128.0] * 3  # the teacher's (x - 127.5) / 128
