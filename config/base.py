@@ -35,10 +35,12 @@ equalize = False              # rescale channels between adjacent layers (exact 
 bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
 
 # ---- data ---------------------------------------------------------------------------------------
-data_source = "generator"     # generator (faces made on the fly) | folder (image folder) | recordio (train.rec + train.idx)
+data_source = "generator"     # generator (faces made on the fly) | folder (image folder) | recordio (train.rec + train.idx) | bn_stats (made from the teacher's BatchNorm statistics)
 data_path = ""                # folder of images, or folder holding train.rec/train.idx
 generator_weights = "{assets_dir}/gan_face_generate/weights.tar"  # DCGAN generator for data_source="generator"
-samples_per_epoch = 528000    # generated faces per epoch (QuantFace used 528k synthetic images)
+samples_per_epoch = 528000    # generated faces per epoch (QuantFace used 528k synthetic images; bn_stats: images made, e.g. 2048)
+bn_stats_steps = 500          # data_source="bn_stats": Adam steps per chunk of images (ZeroQ: 500)
+bn_stats_lr = 0.1             # data_source="bn_stats": Adam learning rate on the pixels (normalised units)
 image_size = None             # network input side; None = the model's declared input spec (a different value is an error)
 input_mean = None             # pixel mean of (x - mean) / std; None = the model's declared spec (127.5 for every backbone here); a different value is an error
 input_std = None              # pixel std of (x - mean) / std; None = the model's declared spec (127.5 insightface, 128 mfn_tflite); a different value is an error

@@ -10,11 +10,14 @@ range calibration, bias correction).  Pixels are normalised as the model's ``Inp
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.bn_statistics import cached_bn_statistics_faces
 from data.folder import FaceFolderDataset
 from data.generated import GeneratedFaces
 from backbones.spec import InputSpec
@@ -22,6 +25,7 @@ from data.images import flip_where, to_chw
 from data.keyed_random import keyed_coins, keyed_permutation
 from data.recordio import RecordIODataset
 
+BN_STATS_FILE = "bn_stats_faces.pt"
 # plan [N, B] of sample indices -> N uint8 [B, 3, S, S] batches on the device, in order
 BatchSource = Callable[[torch.Tensor], Iterator[torch.Tensor]]
 
@@ -117,13 +121,20 @@ class TrainBatches:
         return self.epoch(0, shard=False)
 
 
-def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: int = 0, world_size: int = 1
-                        ) -> TrainBatches:
-    """TrainBatches for ``cfg.data_source`` (generator of ``samples_per_epoch`` faces | folder | recordio),
-    sized and normalised for a model with input ``spec``."""
+def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: int = 0, world_size: int = 1,
+                        teacher: nn.Module | None = None) -> TrainBatches:
+    """TrainBatches for ``cfg.data_source`` (generator of ``samples_per_epoch`` faces | folder | recordio |
+    bn_stats: ``samples_per_epoch`` images made from ``teacher``'s BatchNorm statistics before training,
+    kept in ``<output>/bn_stats_faces.pt``), sized and normalised for a model with input ``spec``."""
     device = torch.device(device)
     kind = cfg.data_source
-    if kind == "generator":
+    if kind == "bn_stats":
+        if teacher is None:
+            raise ValueError("data_source='bn_stats' makes its images from the teacher; none was given")
+        images = cached_bn_statistics_faces(Path(cfg.output) / BN_STATS_FILE, teacher, cfg.samples_per_epoch, spec,
+                                            cfg.seed, cfg.batch_size, cfg.bn_stats_steps, cfg.bn_stats_lr, device)
+        source, length = (lambda plan: (images[indices.to(images.device)] for indices in plan)), len(images)
+    elif kind == "generator":
         faces = GeneratedFaces(cfg.generator_weights, cfg.samples_per_epoch, seed=cfg.seed, size=spec.size,
                                device=device, batch_size=cfg.batch_size, alignment=spec.alignment)
         source, length = _generator_source(faces), len(faces)
@@ -135,5 +146,5 @@ def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: 
         dataset = dataset_type(cfg.data_path, size=spec.size, alignment=spec.alignment)
         source, length = _LoaderSource(dataset, cfg.num_workers, device), len(dataset)
     else:
-        raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder' or 'recordio'")
+        raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder', 'recordio' or 'bn_stats'")
     return TrainBatches(source, length, cfg.batch_size, cfg.seed, spec, cfg.random_flip, rank, world_size)

@@ -315,7 +315,7 @@ def build_models(cfg: Config, env: DistEnv) -> dict[str, Any]:
     spec = teacher.input_spec
     check_input_spec(cfg, spec, cfg.network)
     try:
-        data = build_train_batches(cfg, spec, env.device, env.rank, env.world_size)
+        data = build_train_batches(cfg, spec, env.device, env.rank, env.world_size, teacher)
         if cfg.student_from:
             if cfg.feature_layers and cfg.equalize:
                 raise TrainingError("feature_layers with equalize needs the equalised teacher of the first run; "

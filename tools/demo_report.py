@@ -63,7 +63,7 @@ def _ptq_baseline(teacher: torch.nn.Module, cfg: Config, device: torch.device) -
     """The student's quantizer on the teacher, calibrated on the batches the run calibrated on; no training.
     Seeded, because percentile ranges sample the activations they estimate from."""
     torch.manual_seed(cfg.seed)
-    batches = build_train_batches(cfg, teacher.input_spec, device).calibration()
+    batches = build_train_batches(cfg, teacher.input_spec, device, teacher=teacher).calibration()
     return quant.post_training_quantize(teacher, quant.QuantConfig.from_config(cfg), batches,
                                         cfg.calibration_batches).student.to(device)
 
@@ -138,7 +138,7 @@ def teacher_baselines(cfg: Config, teacher: torch.nn.Module, device: torch.devic
     output = Path(cfg.output)
     fp32 = export_onnx(teacher, output / "teacher_fp32.onnx")
     batches, faces = [], 0
-    for batch in build_train_batches(cfg, teacher.input_spec, device).calibration():
+    for batch in build_train_batches(cfg, teacher.input_spec, device, teacher=teacher).calibration():
         batches.append(batch[:BASELINE_FACES - faces])
         faces += len(batches[-1])
         if faces >= BASELINE_FACES:

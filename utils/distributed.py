@@ -71,6 +71,18 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank() -> int:
+    """This process's rank (0 outside a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def broadcast(tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
+    """Rank ``source``'s ``tensor`` on every rank, in place (on the backend's device: CUDA under nccl)."""
+    if is_distributed():
+        dist.broadcast(tensor, src=source)
+    return tensor
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in one process): e.g. until rank 0 has written a file the others read."""
     if is_distributed():
