@@ -59,6 +59,11 @@ grad_clip = 5.0               # gradient-norm clip; 0 = off
 loss = "mse"                  # mse (L2-normalised embeddings, QuantFace) | cosine | angular
 feature_layers = []           # also distil these modules' outputs (fnmatch globs on module names, e.g. ["layer?"]); [] = embedding only
 feature_weight = 1.0          # weight of the feature loss (mean relative squared error over feature_layers)
+margin_head = ""              # labelled data (recordio): "arcface" or "cosface" margin softmax over the identities, added to the distillation loss; "" = none
+num_classes = 0               # margin_head: number of identities (classes 0..num_classes-1)
+margin_s = 64.0               # margin_head: logit scale (arcface_torch: 64)
+margin_m = 0.5                # margin_head: margin (ArcFace 0.5 rad; CosFace typically 0.35-0.4)
+margin_weight = 1.0           # margin_head: weight of its loss against the distillation loss
 epochs = 11                   # training epochs (ignored when num_steps > 0)
 num_steps = 0                 # total training steps; > 0 overrides epochs
 scheduler = "step"            # step | cosine | poly

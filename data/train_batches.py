@@ -26,12 +26,13 @@ from data.keyed_random import keyed_coins, keyed_permutation
 from data.recordio import RecordIODataset
 
 BN_STATS_FILE = "bn_stats_faces.pt"
-# plan [N, B] of sample indices -> N uint8 [B, 3, S, S] batches on the device, in order
-BatchSource = Callable[[torch.Tensor], Iterator[torch.Tensor]]
+NO_LABEL = -1  # the class of a sample from an unlabelled source
+# plan [N, B] of sample indices -> N (uint8 [B, 3, S, S] images, int64 [B] classes) batches on the device, in order
+BatchSource = Callable[[torch.Tensor], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
 class _RawImages(Dataset):
-    """uint8 [3, S, S] images of a folder/RecordIO dataset (flip and normalisation happen batched)."""
+    """(uint8 [3, S, S] image, class) of a folder/RecordIO dataset (flip and normalisation happen batched)."""
 
     def __init__(self, dataset: FaceFolderDataset | RecordIODataset) -> None:
         self.dataset = dataset
@@ -39,8 +40,11 @@ class _RawImages(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return to_chw(self.dataset.read(index))
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if isinstance(self.dataset, RecordIODataset):
+            image, label = self.dataset.record(index)
+            return to_chw(image), label
+        return to_chw(self.dataset.read(index)), NO_LABEL
 
 
 class _PlanSampler(Sampler):
@@ -69,14 +73,18 @@ class _LoaderSource:
         self.loader = DataLoader(_RawImages(dataset), batch_sampler=self.sampler, num_workers=num_workers,
                                  pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
 
-    def __call__(self, plan: torch.Tensor) -> Iterator[torch.Tensor]:
+    def __call__(self, plan: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.plan = plan
-        for batch in self.loader:
-            yield batch.to(self.device, non_blocking=True)
+        for images, labels in self.loader:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+def _unlabelled(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return images, torch.full((len(images),), NO_LABEL, dtype=torch.int64, device=images.device)
 
 
 def _generator_source(faces: GeneratedFaces) -> BatchSource:
-    return lambda plan: (faces.generate(indices.numpy()) for indices in plan)
+    return lambda plan: (_unlabelled(faces.generate(indices.numpy())) for indices in plan)
 
 
 class TrainBatches:
@@ -110,11 +118,16 @@ class TrainBatches:
 
     def epoch(self, epoch: int, start_batch: int = 0, shard: bool = True) -> Iterator[torch.Tensor]:
         """Batches ``start_batch`` .. end of ``epoch`` for this rank (``shard=False``: for one process)."""
+        return (images for images, _ in self.labelled_epoch(epoch, start_batch, shard))
+
+    def labelled_epoch(self, epoch: int, start_batch: int = 0, shard: bool = True
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``epoch`` with each batch's int64 classes (``NO_LABEL`` where the source has none)."""
         plan = self.plan(epoch, start_batch, shard)
-        for indices, images in zip(plan, self.source(plan)):
+        for indices, (images, labels) in zip(plan, self.source(plan)):
             if self.random_flip:
                 images = flip_where(images, keyed_coins(self.seed, "flip", epoch, indices.numpy()))
-            yield self.spec.normalise(images)
+            yield self.spec.normalise(images), labels
 
     def calibration(self) -> Iterator[torch.Tensor]:
         """Epoch 0 as one process sees it: identical batches on every rank."""
@@ -133,7 +146,7 @@ def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: 
             raise ValueError("data_source='bn_stats' makes its images from the teacher; none was given")
         images = cached_bn_statistics_faces(Path(cfg.output) / BN_STATS_FILE, teacher, cfg.samples_per_epoch, spec,
                                             cfg.seed, cfg.batch_size, cfg.bn_stats_steps, cfg.bn_stats_lr, device)
-        source, length = (lambda plan: (images[indices.to(images.device)] for indices in plan)), len(images)
+        source, length = (lambda plan: (_unlabelled(images[indices.to(images.device)]) for indices in plan)), len(images)
     elif kind == "generator":
         faces = GeneratedFaces(cfg.generator_weights, cfg.samples_per_epoch, seed=cfg.seed, size=spec.size,
                                device=device, batch_size=cfg.batch_size, alignment=spec.alignment)

@@ -81,7 +81,7 @@ class StepCallbacks:
         if run.env.is_main:
             save_training_state(run.cfg.output, run.step, {
                 "student": run.student.state_dict(),
-                "projection": run.kd.state_dict() if run.kd.projection is not None else {},
+                "projection": run.kd.state_dict() if run.kd.learns else {},  # projection and margin head
                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                 "scaler": run.scaler.state_dict(), "rng": rng, "observers_enabled": run.observing,
                 "epoch": run.epoch + 1 if at_end else run.epoch, "batch": 0 if at_end else run.batch,

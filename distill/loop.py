@@ -33,18 +33,22 @@ def wrap_ddp(run: Run) -> tuple[nn.Module, nn.Module]:
     if not run.env.distributed:
         return run.student, run.kd
     ids = [run.env.device.index] if run.env.device.type == "cuda" else None
-    loss = DistributedDataParallel(run.kd, device_ids=ids) if run.kd.projection is not None else run.kd
+    loss = DistributedDataParallel(run.kd, device_ids=ids) if run.kd.learns else run.kd
     return DistributedDataParallel(run.student, device_ids=ids), loss
 
 
-def train_step(run: Run, model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, index: int
-               ) -> tuple[float, float | None]:
-    """One optimisation step on ``images``; returns the loss and the feature term, averaged over ranks."""
+def train_step(run: Run, model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, index: int,
+               labels: torch.Tensor | None = None) -> tuple[float, float | None]:
+    """One optimisation step on ``images`` (and their classes, for a margin head); returns the loss and the
+    feature term, averaged over ranks."""
     with torch.autocast(run.env.device.type, dtype=torch.float16, enabled=run.amp):
         with torch.no_grad():
             target = run.teacher(images)
         embedding = model(images)
-    loss = loss_fn(embedding, target)
+    try:
+        loss = loss_fn(embedding, target, labels)
+    except ValueError as exc:  # labels outside the head's classes
+        raise TrainingError(f"step {run.step + 1}: {exc}") from exc
     feature_value = None
     if run.features is not None:
         feature_loss = run.features.loss()
@@ -80,9 +84,9 @@ def train_loop(run: Run, callbacks: StepCallbacks) -> None:
     """Steps from the run's position to ``run.steps``, epoch after epoch."""
     model, loss_fn = wrap_ddp(run)
     while run.step < run.steps:
-        batches = rng_isolated(run.data.epoch(run.epoch, start_batch=run.batch))
-        for index, images in enumerate(batches, start=run.batch):
-            loss_value, feature_value = train_step(run, model, loss_fn, images, index)
+        batches = rng_isolated(run.data.labelled_epoch(run.epoch, start_batch=run.batch))
+        for index, (images, labels) in enumerate(batches, start=run.batch):
+            loss_value, feature_value = train_step(run, model, loss_fn, images, index, labels)
             advance(run, index)
             callbacks.after_step(loss_value, feature_value)
             if run.step == run.steps:
@@ -106,7 +110,10 @@ def finish(run: Run, callbacks: StepCallbacks, started: float) -> dict[str, Any]
     """Final verification, ``student_final.pt`` and ``summary.json`` (rank 0); returns the summary."""
     images_per_s = callbacks.images_per_s()
     if RANK_STATE_ENV in os.environ:
-        atomic_torch_save(run.student.state_dict(), Path(os.environ[RANK_STATE_ENV]) / f"student_rank{run.env.rank}.pt")
+        folder = Path(os.environ[RANK_STATE_ENV])
+        atomic_torch_save(run.student.state_dict(), folder / f"student_rank{run.env.rank}.pt")
+        if run.kd.learns:  # the projection / margin head, replicated on every rank
+            atomic_torch_save(run.kd.state_dict(), folder / f"loss_rank{run.env.rank}.pt")
     if not run.env.is_main:
         return {}
     if run.bins:

@@ -19,20 +19,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.margin import MarginHead
+
 LOSSES = ("mse", "cosine", "angular")
 
 
 class DistillationLoss(nn.Module):
-    """``loss(student_emb [B, Ds], teacher_emb [B, Dt]) -> scalar`` in float32 (call it outside autocast)."""
+    """``loss(student_emb [B, Ds], teacher_emb [B, Dt], labels [B]) -> scalar`` in float32 (call it outside
+    autocast); with a ``head`` (``distill.margin``), ``head_weight`` times its margin softmax loss on the
+    student's own embedding is added (``labels`` needed)."""
 
-    def __init__(self, kind: str = "mse", student_dim: int = 512, teacher_dim: int = 512):
+    def __init__(self, kind: str = "mse", student_dim: int = 512, teacher_dim: int = 512,
+                 head: MarginHead | None = None, head_weight: float = 1.0):
         super().__init__()
         if kind not in LOSSES:
             raise ValueError(f"unknown loss '{kind}' (choose from {', '.join(LOSSES)})")
-        self.kind = kind
+        self.kind, self.head, self.head_weight = kind, head, head_weight
         self.projection = nn.Linear(student_dim, teacher_dim, bias=False) if student_dim != teacher_dim else None
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    @property
+    def learns(self) -> bool:
+        """True when the loss has parameters of its own (a projection or a margin head)."""
+        return self.projection is not None or self.head is not None
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        margin = 0.0
+        if self.head is not None:
+            if labels is None:
+                raise ValueError("the margin head needs the batch's class labels")
+            margin = self.head_weight * self.head(student, labels)
+        return self._distillation(student, teacher) + margin
+
+    def _distillation(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         student = student.float()
         if self.projection is not None:
             student = self.projection(student)

@@ -25,6 +25,7 @@ from backbones.spec import ARCFACE, InputSpec, check_meta_spec, spec_with
 from data import TrainBatches, build_train_batches
 from distill.features import FeatureDistillation
 from distill.losses import LOSSES, DistillationLoss
+from distill.margin import HEADS, MarginHead
 from distill.schedule import SCHEDULERS, build_scheduler, milestone_steps, scaled_lr, total_steps
 from eval.verification import find_bins
 from distill.train_state import list_checkpoints, load_training_state, restore_rng_state, rng_isolated
@@ -93,6 +94,10 @@ def check_run_fields(cfg: Config) -> None:
     for key in ("observer_steps", "calibration_batches"):
         if cfg[key] < 0:
             raise TrainingError(f"{key}={cfg[key]} must be >= 0")
+    if cfg.margin_head and (cfg.margin_head not in HEADS or cfg.num_classes < 2 or cfg.data_source != "recordio"):
+        raise TrainingError(f"margin_head={cfg.margin_head!r} needs one of {', '.join(HEADS)}, num_classes >= 2 "
+                            f"(the identities; got {cfg.num_classes}) and labelled data (data_source='recordio', "
+                            f"got {cfg.data_source!r})")
     if cfg.generations < 1:
         raise TrainingError(f"generations={cfg.generations} must be >= 1")
     if cfg.student_from and (cfg.student_init or cfg.student_embedding_size):
@@ -327,7 +332,10 @@ def build_models(cfg: Config, env: DistEnv) -> dict[str, Any]:
     except ValueError as exc:  # no or unreadable data; the message names the file or field
         raise TrainingError(f"training data: {exc}") from exc
     teacher = teacher.to(env.device).eval().requires_grad_(False)  # after the student copied it
-    kd = DistillationLoss(cfg.loss, student_kwargs["num_features"], cfg.embedding_size).to(env.device)
+    head = (MarginHead(student_kwargs["num_features"], cfg.num_classes, cfg.margin_head, cfg.margin_s, cfg.margin_m)
+            if cfg.margin_head else None)
+    kd = DistillationLoss(cfg.loss, student_kwargs["num_features"], cfg.embedding_size, head,
+                          cfg.margin_weight).to(env.device)
     try:
         features = FeatureDistillation(teacher, student, cfg.feature_layers) if cfg.feature_layers else None
     except ValueError as exc:
@@ -368,8 +376,8 @@ def restore(run: Run, path: Path) -> None:
             raise TrainingError(f"{path} was written by a run with {key}={ckpt[key]}, this one has "
                                 f"{now}; resume with the same config and number of processes")
     load_state_strict(run.student, ckpt["student"], f"student in {path}")
-    if run.kd.projection is not None:
-        load_state_strict(run.kd, ckpt["projection"], f"projection in {path}")
+    if run.kd.learns:
+        load_state_strict(run.kd, ckpt["projection"], f"projection / margin head in {path}")
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.margin import MarginHead
 from distill.losses import DistillationLoss
 from utils.logging import MetricsLogger, read_metrics
 from distill.schedule import lr_lambda, milestone_steps, scaled_lr, total_steps
@@ -94,6 +95,37 @@ def test_projection_for_differing_embedding_sizes_is_trainable():
     assert value.item() < 0.1 * first
     with pytest.raises(ValueError, match="differ in shape"):
         DistillationLoss("mse", 16, 16)(torch.randn(2, 16), torch.randn(2, 8))
+
+
+def test_margin_heads_match_a_hand_computation():
+    torch.manual_seed(0)
+    head = MarginHead(4, 3, "arcface", s=10.0, m=0.5)
+    embedding, labels = torch.randn(2, 4), torch.tensor([2, 0])
+    cos = F.normalize(embedding) @ F.normalize(head.weight.detach()).T
+    expected = cos.clone()
+    for row, label in enumerate(labels.tolist()):
+        theta = math.acos(float(cos[row, label]))
+        expected[row, label] = math.cos(theta + 0.5) if theta + 0.5 < math.pi else \
+            float(cos[row, label]) - math.sin(math.pi - 0.5) * 0.5
+    torch.testing.assert_close(head.logits(embedding, labels).detach(), 10.0 * expected, rtol=1e-5, atol=1e-5)
+    cosface = MarginHead(4, 3, "cosface", s=10.0, m=0.35)
+    cosface.weight.data.copy_(head.weight.data)
+    shifted = cos.clone()
+    shifted[torch.arange(2), labels] -= 0.35
+    torch.testing.assert_close(cosface.logits(embedding, labels).detach(), 10.0 * shifted, rtol=1e-5, atol=1e-5)
+    assert head(embedding, labels).item() == pytest.approx(
+        F.cross_entropy(10.0 * expected, labels).item(), rel=1e-5)
+    # theta + m past pi: insightface's monotonic fallback, not cos(theta + m) turning back up
+    opposite = -F.normalize(head.weight.detach()[1:2])
+    assert head.logits(opposite, torch.tensor([1]))[0, 1].item() == pytest.approx(
+        10.0 * (-1.0 - math.sin(math.pi - 0.5) * 0.5), rel=1e-4)
+    with pytest.raises(ValueError, match=r"class labels must lie in 0..2, the batch has \[3\]"):
+        head(embedding, torch.tensor([0, 3]))
+    loss = DistillationLoss("mse", 4, 4, head, head_weight=0.5)
+    teacher = torch.randn(2, 4)
+    assert loss(embedding, teacher, labels).item() == pytest.approx(
+        DistillationLoss("mse", 4, 4)(embedding, teacher).item() + 0.5 * head(embedding, labels).item(), rel=1e-5)
+    assert loss.learns and not DistillationLoss("mse", 4, 4).learns
 
 
 # ---- RNG and checkpoint state -------------------------------------------------------------------

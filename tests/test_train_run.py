@@ -25,6 +25,7 @@ import distill
 import train_quantization as tq
 from backbones import get_model, input_spec, load_float_model
 from data import GeneratedFaces, build_train_batches
+from data.recordio import write_recordio
 from eval.verification import write_bin
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.config import load_config
@@ -300,11 +301,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_gloo_run_ends_with_identical_weights_and_ranges_on_both_ranks(assets, tmp_path):
-    # observers stay on through the last step: without the all-reduce of ranges the ranks would differ
+@pytest.mark.parametrize("head", ["", "arcface"])
+def test_two_process_gloo_run_ends_with_identical_weights_and_ranges_on_both_ranks(assets, tmp_path, head):
+    # observers stay on through the last step: without the all-reduce of ranges the ranks would differ;
+    # the margin head (labelled RecordIO) is replicated on both ranks and stays identical too
+    data = {"data_source": "recordio", "data_path": str(write_labelled_recordio(tmp_path / "rec", 8, 4)),
+            "margin_head": head, "num_classes": 4} if head else {"data_path": str(assets["faces8"])}
     config = write_config(tmp_path / "ddp.py", network="mbf", network_kwargs={"scale": 1}, embedding_size=64,
-                          teacher=str(assets["mbf"]), data_path=str(assets["faces8"]), batch_size=2, num_steps=3,
-                          lr=0.05, observer_steps=3, output=str(tmp_path / "ddp"))
+                          teacher=str(assets["mbf"]), batch_size=2, num_steps=3, lr=0.05, observer_steps=3,
+                          output=str(tmp_path / "ddp"), **data)
     cfg = load_config(config)
     shards = [build_train_batches(cfg, input_spec("mbf"), "cpu", rank, 2).plan(0) for rank in (0, 1)]
     assert not set(shards[0].flatten().tolist()) & set(shards[1].flatten().tolist())  # ranks see different faces
@@ -320,9 +325,43 @@ def test_two_process_gloo_run_ends_with_identical_weights_and_ranges_on_both_ran
     assert ranges and all(torch.isfinite(rank0[k]).all() for k in ranges)
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
+    if head:
+        heads = [torch.load(tmp_path / "ranks" / f"loss_rank{r}.pt", weights_only=True)["head.weight"] for r in (0, 1)]
+        assert torch.equal(*heads)
     final, meta = read_checkpoint(tmp_path / "ddp" / distill.FINAL_STUDENT)  # written by rank 0 only
     assert final.keys() == rank0.keys() and all(torch.equal(final[k], rank0[k]) for k in rank0)
     assert (tmp_path / "ddp" / "summary.json").is_file()
+
+
+def write_labelled_recordio(folder: Path, count: int, classes: int) -> Path:
+    """An insightface train.rec/.idx of ``count`` JPEG faces, sample ``i`` of class ``i % classes``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [cv2.imread(str(p)) for p in sorted(write_faces(folder / "png", count, seed=5).iterdir())]
+    items = [(cv2.imencode(".jpg", image)[1].tobytes(), float(i % classes)) for i, image in enumerate(images)]
+    write_recordio(folder / "train.rec", items)
+    return folder
+
+
+def test_margin_head_learns_on_labelled_recordio_and_is_checkpointed(assets, tmp_path, capsys):
+    data = write_labelled_recordio(tmp_path / "rec", 8, 4)
+    out = tmp_path / "arc"
+    config = write_config(tmp_path / "arc.py", network="mbf", network_kwargs=MBF, embedding_size=64,
+                          teacher=str(assets["mbf"]), data_source="recordio", data_path=str(data), batch_size=4,
+                          num_steps=16, lr=0.001, optimizer="adamw", margin_head="arcface", num_classes=4,
+                          margin_s=16.0, margin_m=0.3, save_every=8, output=str(out))
+    run_inprocess(config)
+    curve = losses(out)
+    assert curve[-1] < 0.1 * curve[0], curve  # the same 8 labelled faces: the head and student learn them
+    (step8, path8), (_, path16) = list_checkpoints(out)[-2:]
+    assert step8 == 8 and load_training_state(path8)["projection"]["head.weight"].shape == (4, 64)
+    path16.unlink()  # as if killed after step 8: the resumed run must take the very same steps 9..16
+    run_inprocess(config, "resume=true")
+    assert losses(out) == curve  # the log is cut back to step 8 on resume, then the same 8 losses follow
+    assert tq.main([str(config), "num_classes=2", f"output={tmp_path / 'few'}"]) == 1
+    assert "class labels must lie in 0..1" in capsys.readouterr().err
+    assert tq.main([str(config), "data_source=folder", f"data_path={assets['faces2']}",
+                    f"output={tmp_path / 'unlabelled'}"]) == 1
+    assert "labelled data (data_source='recordio'" in capsys.readouterr().err
 
 
 def test_recursive_distillation_trains_generations_each_from_the_last(assets, tmp_path):
