@@ -35,7 +35,7 @@ equalize = False              # rescale channels between adjacent layers (exact 
 bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
 
 # ---- data ---------------------------------------------------------------------------------------
-data_source = "generator"     # generator (faces made on the fly) | folder (image folder) | recordio (train.rec + train.idx) | bn_stats (made from the teacher's BatchNorm statistics)
+data_source = "generator"     # generator (faces made on the fly) | folder (image folder) | recordio (train.rec + train.idx) | bn_stats (made from the teacher's BatchNorm statistics) | noise (Gaussian pixels: the no-data baseline)
 data_path = ""                # folder of images, or folder holding train.rec/train.idx
 generator_weights = "{assets_dir}/gan_face_generate/weights.tar"  # DCGAN generator for data_source="generator"
 samples_per_epoch = 528000    # generated faces per epoch (QuantFace used 528k synthetic images; bn_stats: images made, e.g. 2048)

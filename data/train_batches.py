@@ -22,7 +22,7 @@ from data.folder import FaceFolderDataset
 from data.generated import GeneratedFaces
 from backbones.spec import InputSpec
 from data.images import flip_where, to_chw
-from data.keyed_random import keyed_coins, keyed_permutation
+from data.keyed_random import keyed_coins, keyed_normals, keyed_permutation
 from data.recordio import RecordIODataset
 
 BN_STATS_FILE = "bn_stats_faces.pt"
@@ -138,7 +138,8 @@ def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: 
                         teacher: nn.Module | None = None) -> TrainBatches:
     """TrainBatches for ``cfg.data_source`` (generator of ``samples_per_epoch`` faces | folder | recordio |
     bn_stats: ``samples_per_epoch`` images made from ``teacher``'s BatchNorm statistics before training,
-    kept in ``<output>/bn_stats_faces.pt``), sized and normalised for a model with input ``spec``."""
+    kept in ``<output>/bn_stats_faces.pt`` | noise: Gaussian pixels, the no-data baseline), sized and
+    normalised for a model with input ``spec``."""
     device = torch.device(device)
     kind = cfg.data_source
     if kind == "bn_stats":
@@ -147,6 +148,13 @@ def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: 
         images = cached_bn_statistics_faces(Path(cfg.output) / BN_STATS_FILE, teacher, cfg.samples_per_epoch, spec,
                                             cfg.seed, cfg.batch_size, cfg.bn_stats_steps, cfg.bn_stats_lr, device)
         source, length = (lambda plan: (_unlabelled(images[indices.to(images.device)]) for indices in plan)), len(images)
+    elif kind == "noise":  # the no-data baseline: Gaussian pixels around mid-grey, keyed per sample
+        def noise(plan: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for indices in plan:
+                pixels = keyed_normals(cfg.seed, "noise", indices.numpy(), 3 * spec.size * spec.size)
+                images = (127.5 + 64.0 * pixels).round().clamp(0, 255).to(torch.uint8)
+                yield _unlabelled(images.view(-1, 3, spec.size, spec.size).to(device))
+        source, length = noise, cfg.samples_per_epoch
     elif kind == "generator":
         faces = GeneratedFaces(cfg.generator_weights, cfg.samples_per_epoch, seed=cfg.seed, size=spec.size,
                                device=device, batch_size=cfg.batch_size, alignment=spec.alignment)
@@ -159,5 +167,6 @@ def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: 
         dataset = dataset_type(cfg.data_path, size=spec.size, alignment=spec.alignment)
         source, length = _LoaderSource(dataset, cfg.num_workers, device), len(dataset)
     else:
-        raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder', 'recordio' or 'bn_stats'")
+        raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder', 'recordio', 'bn_stats' or "
+                         "'noise'")
     return TrainBatches(source, length, cfg.batch_size, cfg.seed, spec, cfg.random_flip, rank, world_size)
