@@ -60,3 +60,15 @@ def test_bench_deploy_times_every_variant_in_its_own_process(capsys):
             assert re.search(rf"^mbf\s+{mine}\s+/ {base}\s+{NUMBER}$", out, re.MULTILINE), out
     size = re.search(rf"size ours / fp32 onnx\s+({NUMBER})", out)
     assert size and 0.2 < float(size.group(1)) < 0.35
+
+
+def test_compare_data_sources_distils_on_each_source(tmp_path, capsys):
+    from tools import compare_data_sources
+    assert compare_data_sources.main(["--network", "mbf", "--steps", "2", "--batch-size", "4", "--bn-stats-images",
+                                      "4", "--bn-stats-steps", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for source in compare_data_sources.SOURCES:
+        row = re.search(rf"^\| [^|]+ \| {source} \| ({NUMBER}) \| ({NUMBER}) \| ({NUMBER}) \| ({NUMBER}) \|$", out,
+                        re.MULTILINE)
+        assert row and all(-1.0 <= float(v) <= 1.0 for v in row.groups()), (source, out)
+    assert (tmp_path / "bn_stats" / "bn_stats_faces.pt").is_file() and (tmp_path / "report.md").is_file()
