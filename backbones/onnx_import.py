@@ -60,10 +60,8 @@ class _GraphReader:
         self.source = source
         graph = shape_inference.infer_shapes(model).graph
         self.consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        self.ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
-                      [*graph.input, *graph.value_info, *graph.output] if v.type.tensor_type.HasField("shape")}
-        self.shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in
-                       [*graph.input, *graph.value_info, *graph.output] if v.type.tensor_type.HasField("shape")}
+        self.shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]  # 0: a dimension not known
+                       for v in [*graph.input, *graph.value_info, *graph.output] if v.type.tensor_type.HasField("shape")}
         inputs = [v.name for v in graph.input if v.name not in self.consts]
         if len(inputs) != 1 or len(graph.output) != 1:
             raise OnnxImportError(f"{source}: the graph has inputs {inputs} and {len(graph.output)} outputs; a face "
@@ -139,7 +137,7 @@ class _GraphReader:
 
     def batchnorm(self, node: onnx.NodeProto, a: dict[str, Any]) -> None:
         scale, shift, mean, var = (self.const(i, node) for i in node.input[1:5])
-        rank = self.ranks.get(node.input[0])
+        rank = len(self.shapes[node.input[0]]) if node.input[0] in self.shapes else None
         if rank not in (2, 4):
             raise OnnxImportError(f"{self.source}: node '{node.name}': BatchNormalization of a rank-{rank} tensor")
         self.emit(node, "batchnorm2d" if rank == 4 else "batchnorm1d", [self.value(node.input[0], node)],

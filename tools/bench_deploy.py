@@ -42,7 +42,8 @@ PRETRAINED = {"demo": ("mobilefacenet_tflite", Path("work_dirs/demo_mbf_w8a8/stu
 
 
 def _faces(spec, count: int) -> list[torch.Tensor]:
-    generator = GeneratedFaces(ensure_asset("gan_face_generate"), count, seed=11)
+    generator = GeneratedFaces(ensure_asset("gan_face_generate"), count, seed=11, size=spec.size,
+                               alignment=spec.alignment)
     return [spec.normalise(generator.generate(range(i, min(i + 16, count)))) for i in range(0, count, 16)]
 
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             files = build_variants(name, Path(tmp))
             size = load_float_model(files["fp32 pytorch"]).input_spec.size
             results[name] = {variant: _child(files[variant], size, args) for variant in VARIANTS}
-            print(f"measured {name}", flush=True)
+            print(f"measured {name}\n{report({name: results[name]}, args)}", flush=True)
     print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, cpu "
           f"{_cpu_name()}\n{report(results, args)}")
     return 0
