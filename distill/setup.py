@@ -29,6 +29,7 @@ from distill.margin import HEADS, MarginHead
 from distill.schedule import SCHEDULERS, build_scheduler, milestone_steps, scaled_lr, total_steps
 from eval.verification import find_bins
 from distill.train_state import list_checkpoints, load_training_state, restore_rng_state, rng_isolated
+from quant.checkpoint import build_quantized
 from utils.checkpoint import load_state_strict, read_checkpoint
 from utils.config import Config
 from utils.distributed import DistEnv
@@ -240,7 +241,7 @@ def build_student(cfg: Config, teacher: nn.Module, teacher_kwargs: dict[str, Any
 def load_student_from(cfg: Config, device: torch.device) -> tuple[nn.Module, str, dict[str, Any]]:
     """The quantized student of ``student_from`` (e.g. the previous generation's), checked to be the student
     this config describes: the same backbone and the same quantization settings."""
-    _, meta = read_checkpoint(cfg.student_from)
+    state, meta = read_checkpoint(cfg.student_from, map_location=device)
     if not meta.get("quant"):
         raise TrainingError(f"student_from {cfg.student_from} is a float checkpoint; give a quantized student "
                             "(student_final.pt)")
@@ -253,7 +254,7 @@ def load_student_from(cfg: Config, device: torch.device) -> tuple[nn.Module, str
     if differ:
         raise TrainingError(f"student_from {cfg.student_from} was quantized with other settings: "
                             + ", ".join(f"{k}={theirs.get(k)!r} (config {ours[k]!r})" for k in differ))
-    student = quant.load_quantized(cfg.student_from, map_location=device).train()
+    student = build_quantized(state, meta, str(cfg.student_from)).to(device).train()
     return student, meta["network"], dict(meta.get("network_kwargs", {}))
 
 
