@@ -34,6 +34,16 @@ bias_correction = False       # after calibration (needs calibration_batches >= 
 equalize = False              # rescale channels between adjacent layers (exact through PReLU/ReLU) so per-tensor activation ranges fit every channel; uses the first training batches
 bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
 
+# ---- block reconstruction (BRECQ / QDrop: after calibration, before distillation) -----------------
+reconstruct_iters = 0         # Adam steps per block fitting weight rounding (AdaRound) and activation step sizes to the float block's output; 0 = off
+reconstruct_images = 1024     # calibration faces the blocks are fitted on (the first of the calibration stream)
+reconstruct_batch_size = 16   # images per reconstruction step
+reconstruct_min_layers = 2    # blocks are the pieces between single-tensor cuts of the traced graph, merged until each holds this many Conv/Linear layers
+reconstruct_drop = 0.5        # QDrop: share of activation values (and block-input values) left unquantized while fitting; 0 = BRECQ
+reconstruct_round_weight = 0.01  # weight of AdaRound's regulariser that drives every rounding to up or down
+reconstruct_round_lr = 1e-3   # Adam learning rate of the rounding variables
+reconstruct_scale_lr = 4e-5   # Adam learning rate of the activation step sizes
+
 # ---- data ---------------------------------------------------------------------------------------
 data_source = "generator"     # generator (faces made on the fly) | folder (image folder) | recordio (train.rec + train.idx) | bn_stats (made from the teacher's BatchNorm statistics) | noise (Gaussian pixels: the no-data baseline)
 data_path = ""                # folder of images, or folder holding train.rec/train.idx

@@ -196,6 +196,7 @@ class FakeQuantizer(nn.Module):
         self.estimator = estimator
         self.observer_enabled = True
         self.calibrated = estimator.stateless and not learnable
+        self.drop_prob = 0.0  # QDrop (block reconstruction): the share of values passed through unquantized
         self._cache_key: tuple[int, int] | None = None
         self._cache: torch.Tensor | None = None
 
@@ -249,13 +250,16 @@ class FakeQuantizer(nn.Module):
             raise RuntimeError(
                 f"quantizer '{self.name}' has no observed range: run quant.calibrate(model, batches) or keep "
                 "observers enabled (quant.set_observers(model, True)) for the first training steps")
-        return self._fake_quant(x)
+        out = self._fake_quant(x)
+        if self.drop_prob:
+            return torch.where(torch.rand_like(out) < self.drop_prob, x, out)
+        return out
 
     def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         if self.estimator.stateless and not self.learnable:
             return _CoveringFakeQuant.apply(x, self.scale, self.zero_point, self.quant_min, self.quant_max,
                                             self.per_channel)
-        if not self.learnable:
+        if not (self.learnable or self.scale.requires_grad):  # a fixed scale (a buffer may be set to learn)
             if self.per_channel:
                 return torch.fake_quantize_per_channel_affine(
                     x, self.scale, self.zero_point, 0, self.quant_min, self.quant_max)
@@ -264,13 +268,14 @@ class FakeQuantizer(nn.Module):
         # LSQ gradient scale 1/sqrt(N * qmax), N = elements per channel (weights) or per sample (activations)
         grad_factor = 1.0 / math.sqrt((x[0].numel() if x.dim() else 1) * self.quant_max)
         scale = self.scale.clamp_min(_EPS)
+        zero_point = self.zero_point if self.zero_point.is_floating_point() else self.zero_point.float()
         xf = x.float()
         if self.per_channel:
             out = torch._fake_quantize_learnable_per_channel_affine(
-                xf, scale, self.zero_point, 0, self.quant_min, self.quant_max, grad_factor)
+                xf, scale, zero_point, 0, self.quant_min, self.quant_max, grad_factor)
         else:
             out = torch._fake_quantize_learnable_per_tensor_affine(
-                xf, scale, self.zero_point, self.quant_min, self.quant_max, grad_factor)
+                xf, scale, zero_point, self.quant_min, self.quant_max, grad_factor)
         return out.to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

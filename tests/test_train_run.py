@@ -112,6 +112,23 @@ def test_r18_w4a4_distillation_lowers_the_loss_and_saves_a_loadable_student(asse
     assert ckpt["step"] == 6 and ckpt["observers_enabled"] is False
 
 
+def test_block_reconstruction_runs_once_before_distillation_and_a_resumed_run_skips_it(assets, tmp_path):
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "cfg.py", network="r18", embedding_size=64, teacher=str(assets["r18"]),
+                          data_path=str(assets["faces2"]), batch_size=2, num_steps=2, save_every=1, lr=0.01,
+                          weight_bits=4, act_bits=4, calibration_batches=1, observer_steps=0, reconstruct_iters=3,
+                          reconstruct_images=4, reconstruct_batch_size=2, output=str(out))
+    run_inprocess(config)
+    report = json.loads((out / "reconstruction.json").read_text())
+    assert len(report) == 9 and report[0]["block"] == "layer1.0.add" and report[-1]["layers"] == ["fc"]
+    assert all(np.isfinite([r["error_before"], r["error_after"]]).all() for r in report)
+    progress = torch.load(out / "reconstruction.pt", weights_only=True)
+    assert progress["complete"] and progress["blocks_done"] == 9
+    (out / "reconstruction.pt").unlink()
+    _, summary = run_inprocess(config, "resume=true")
+    assert summary["steps"] == 2 and not (out / "reconstruction.pt").exists()  # the checkpoint held the student
+
+
 def test_mbf_student_of_an_r18_teacher_learns_through_a_projection_and_is_verified(assets, tmp_path):
     out = tmp_path / "run"
     faces = [cv2.imread(str(p))[:, :, ::-1] for p in sorted(write_faces(tmp_path / "pairs", 20, seed=2).iterdir())]
@@ -190,7 +207,12 @@ def test_settings_that_cannot_apply_are_errors_naming_them(assets, tmp_path, cap
              ({"image_size": 96}, "image_size=96 disagrees with the mbf model's input spec"),
              ({"quant_mode": "quantface", "weight_symmetric": True}, "weight_symmetric=True cannot apply"),
              ({"bias_correction": True, "calibration_batches": 0}, "bias_correction=True corrects biases after"),
-             ({"observer_steps": 0, "calibration_batches": 0}, "activation ranges would never be observed")]
+             ({"observer_steps": 0, "calibration_batches": 0}, "activation ranges would never be observed"),
+             ({"reconstruct_iters": 5, "calibration_batches": 0}, "reconstruct_iters > 0 fits a calibrated student"),
+             ({"reconstruct_iters": 5, "calibration_batches": 1, "reconstruct_drop": 1.0},
+              "reconstruct_drop=1.0 must be in [0, 1)"),
+             ({"reconstruct_iters": 5, "calibration_batches": 1, "bias_correction": True},
+              "bias_correction=True with reconstruct_iters > 0")]
     for index, (fields, message) in enumerate(cases):
         config = write_config(tmp_path / f"c{index}.py", output=str(tmp_path / f"o{index}"), **{**common, **fields})
         assert tq.main([str(config)]) == 1, fields

@@ -17,6 +17,7 @@ several teachers are grouped by teacher.  It prints the tables and writes ``repo
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from data.realfaces import JOHNS_DIR, aligned_real_faces, johns_faces
 from eval.agreement import compare_models
 from eval.embed import embed_batches
 from deploy import OnnxModel, export_onnx
+from distill.reconstruction import PROGRESS_FILE
 from deploy.baseline import quantize_static_baseline
 from deploy.timing import images_per_s
 from eval.report import markdown_table
@@ -66,6 +68,20 @@ def _ptq_baseline(teacher: torch.nn.Module, cfg: Config, device: torch.device) -
     batches = build_train_batches(cfg, teacher.input_spec, device, teacher=teacher).calibration()
     return quant.post_training_quantize(teacher, quant.QuantConfig.from_config(cfg), batches,
                                         cfg.calibration_batches).student.to(device)
+
+
+def _reconstructed(cfg: Config, baseline: torch.nn.Module) -> torch.nn.Module | None:
+    """The run's student after block reconstruction, before distillation (``<output>/reconstruction.pt``), or
+    None when the run did not reconstruct."""
+    path = Path(cfg.output) / PROGRESS_FILE
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not saved["complete"]:
+        return None
+    model = copy.deepcopy(baseline)
+    model.load_state_dict(saved["student"])
+    return model
 
 
 @dataclass
@@ -112,9 +128,12 @@ def evaluate_config(cfg: Config, device: torch.device, cache: dict[Any, Any], ho
     result: dict[str, Any] = {"config": cfg.config_file, "teacher": Path(cfg.teacher).stem, "network": cfg.network,
                               "bits": quant.QuantConfig.from_config(cfg).describe(),
                               "teacher_mb": quant.size_report(teacher)["fp32_mb"]}
-    for kind, model in (("ptq", _ptq_baseline(teacher, cfg, device)),
-                        ("distilled", quant.load_quantized(student_path, map_location=device))):
-        result[kind] = scores(kind, model, quant.size_report(model)["total_mb"])
+    baseline = _ptq_baseline(teacher, cfg, device)
+    models = [("ptq", baseline), ("reconstructed", _reconstructed(cfg, baseline)),
+              ("distilled", quant.load_quantized(student_path, map_location=device))]
+    for kind, model in models:
+        if model is not None:
+            result[kind] = scores(kind, model, quant.size_report(model)["total_mb"])
     onnx = OnnxModel(export_onnx(quant.load_quantized(student_path), Path(cfg.output) / "student_int8.onnx"),
                      threads=SPEED_THREADS)
     result["onnx"] = scores("onnx", onnx, onnx.size_mb)
@@ -148,6 +167,7 @@ def teacher_baselines(cfg: Config, teacher: torch.nn.Module, device: torch.devic
             OnnxModel(static, threads=SPEED_THREADS, spec=teacher.input_spec))
 
 
+RECONSTRUCTED = ("reconstructed", "calibration + block reconstruction")
 ROWS = (("ptq", "calibration only"), ("distilled", "distilled (QuantFace)"),
         ("onnx", "distilled, int8 ONNX (onnxruntime)"), ("quantize_static", "onnxruntime quantize_static int8"))
 COLUMNS = ["teacher", "model", "bits", "size MB", "real cos mean", "real cos min", "pair-score r", "genuine",
@@ -169,12 +189,14 @@ def _by_teacher(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
 def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any]]]:
     """``(teacher, model, bits, scores or None for the teacher itself, result)``: per teacher, its own row,
-    then calibration-only / distilled / int8 ONNX per bit width, and quantize_static once."""
+    then calibration-only / reconstructed (where the run reconstructed) / distilled / int8 ONNX per bit
+    width, and quantize_static once."""
     rows = []
     for teacher, group in _by_teacher(results).items():
         rows.append((teacher, "teacher (float)", "FP32", None, group[0]))
         for r in group:
-            rows += [(teacher, label, r["bits"], r[kind], r) for kind, label in ROWS[:3]]
+            kinds = [ROWS[0], *([RECONSTRUCTED] if "reconstructed" in r else []), *ROWS[1:3]]
+            rows += [(teacher, label, r["bits"], r[kind], r) for kind, label in kinds]
         rows.append((teacher, ROWS[3][1], "W8A8", group[0]["quantize_static"], group[0]))
     return rows
 

@@ -1,0 +1,89 @@
+"""Block reconstruction as a training stage: after calibration, before the first distillation step.
+
+Rank 0 reconstructs (``quant.reconstruct``) on the first ``reconstruct_images`` faces of the calibration
+stream and keeps its progress in ``<output>/reconstruction.pt`` after every block, so a run stopped during
+reconstruction goes on from the next block; every rank then receives rank 0's student.  The per-block
+errors go to ``<output>/reconstruction.json``.  A run resumed from a training checkpoint skips the stage:
+the checkpoint holds the student it trained from it.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data import TrainBatches
+from distill.train_state import rng_isolated
+from quant.batches import batch_input
+from quant.reconstruct import ReconstructionSettings, reconstruct
+from utils.config import Config
+from utils.distributed import broadcast, rank
+from utils.fileio import atomic_torch_save, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FILE = "reconstruction.pt"
+REPORT_FILE = "reconstruction.json"
+
+
+def reconstruction_settings(cfg: Config) -> ReconstructionSettings:
+    """The ``reconstruct_*`` fields of the config."""
+    return ReconstructionSettings(iters=cfg.reconstruct_iters, batch_size=cfg.reconstruct_batch_size,
+                                  min_layers=cfg.reconstruct_min_layers, drop_prob=cfg.reconstruct_drop,
+                                  round_weight=cfg.reconstruct_round_weight, round_lr=cfg.reconstruct_round_lr,
+                                  scale_lr=cfg.reconstruct_scale_lr, seed=cfg.seed)
+
+
+def calibration_images(data: TrainBatches, count: int, device: torch.device) -> torch.Tensor:
+    """The first ``count`` model inputs of the calibration stream (the faces calibration observed first)."""
+    batches = [batch_input(b) for b in islice(rng_isolated(data.calibration()), -(-count // data.batch_size))]
+    if not batches:
+        raise ValueError("block reconstruction got no calibration images")
+    return torch.cat(batches)[:count].to(device)
+
+
+def reconstruct_student(cfg: Config, student: nn.Module, data: TrainBatches, device: torch.device) -> None:
+    """Reconstruct ``student``'s blocks in place (rank 0, resumable), then give every rank rank 0's student."""
+    settings = reconstruction_settings(cfg)
+    if rank() == 0:
+        reconstruct_resumably(Path(cfg.output), student, settings,
+                               lambda: calibration_images(data, cfg.reconstruct_images, device))
+    with torch.no_grad():
+        for tensor in student.state_dict().values():
+            broadcast(tensor)
+
+
+def reconstruct_resumably(output: Path, student: nn.Module, settings: ReconstructionSettings, images) -> None:
+    progress_path = output / PROGRESS_FILE
+    saved: dict[str, Any] | None = torch.load(progress_path, weights_only=True) if progress_path.is_file() else None
+    done, report, reference = 0, [], copy.deepcopy(student)  # the student before any block is fitted
+    if saved is not None and saved["settings"] == _settings_key(settings):
+        student.load_state_dict(saved["student"])
+        done, report = saved["blocks_done"], saved["report"]
+        if saved["complete"]:
+            log.info("block reconstruction: restored from %s", progress_path)
+            return
+        log.info("block reconstruction: going on after block %d (%s)", done, progress_path)
+
+    def keep(blocks_done: int, total: int, block_report: list[dict]) -> None:
+        save_progress(progress_path, settings, student, blocks_done, total, report + block_report)
+
+    report += reconstruct(student, images(), settings, done, keep, reference)
+    atomic_write_json(output / REPORT_FILE, report)
+
+
+def save_progress(path: Path, settings: ReconstructionSettings, student: nn.Module, blocks_done: int, total: int,
+                  report: list[dict]) -> None:
+    """The student after ``blocks_done`` of ``total`` fitted blocks, with the settings it was fitted under."""
+    atomic_torch_save({"settings": _settings_key(settings), "student": student.state_dict(),
+                       "blocks_done": blocks_done, "complete": blocks_done == total, "report": report}, path)
+
+
+def _settings_key(settings: ReconstructionSettings) -> dict[str, Any]:
+    return {**dataclasses.asdict(settings), "beta": list(settings.beta)}
