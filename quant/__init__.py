@@ -41,6 +41,11 @@ images.  ``post_training_quantize(model, qcfg, batches, calibration_batches)`` i
 all of it: equalise, quantize, observe ranges and freeze them, correct biases; it returns the student
 and its float reference, and is both the start of distillation and the calibration-only baseline.
 
+Block reconstruction (``quant.reconstruct``; BRECQ with QDrop): after calibration, the student's blocks,
+cut from its torch.fx trace (``quant.blocks``), are fitted one by one to the float model's block outputs by
+learning each weight's rounding (``quant.adaround``) and the activation step sizes; the decided roundings are
+written into the weights, so the result is an ordinary student.
+
 BatchNorm (``bn_mode``): ``train``; ``frozen`` (eval even under ``model.train()``); ``fold`` (folded
 into the preceding Conv2d/Linear where exact, the rest frozen; see ``quant.bn``).
 """

@@ -13,17 +13,20 @@ from tools import demo, demo_report
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _tiny_config(tmp_path: Path, name: str) -> Path:
+def _tiny_config(tmp_path: Path, name: str, extra: str = "") -> Path:
     path = tmp_path / f"{name}.py"
     path.write_text(
         f'_base_ = "{REPO / "config" / name}.py"\n'
         f'output = "{tmp_path / name}"\n'
-        "num_steps = 3\ncalibration_batches = 1\nbatch_size = 4\nsave_every = 100\neval_batch_size = 8\n")
+        "num_steps = 3\ncalibration_batches = 1\nbatch_size = 4\nsave_every = 100\neval_batch_size = 8\n" + extra)
     return path
 
 
+RECONSTRUCTED = "bias_correction = False\nreconstruct_iters = 2\nreconstruct_images = 4\nreconstruct_batch_size = 2\n"
+
+
 def test_demo_pipeline_writes_a_sane_report(tmp_path: Path) -> None:
-    configs = [_tiny_config(tmp_path, "demo_mbf_w8a8"), _tiny_config(tmp_path, "demo_mbf_mixed")]
+    configs = [_tiny_config(tmp_path, "demo_mbf_w8a8"), _tiny_config(tmp_path, "demo_mbf_mixed", RECONSTRUCTED)]
     for config in configs:
         assert train_quantization.main([str(config)]) == 0
     out = tmp_path / "report"
@@ -51,6 +54,9 @@ def test_demo_pipeline_writes_a_sane_report(tmp_path: Path) -> None:
         assert abs(r["onnx"]["real"]["cosine_mean"] - r["distilled"]["real"]["cosine_mean"]) <= tolerance, r["bits"]
     table = (out / "report.md").read_text()
     assert "calibration only" in table and "distilled (QuantFace)" in table and "W4A4+mixed" in table
+    assert "reconstructed" not in results[0]
+    assert table.count("calibration + block reconstruction") == (2 if "johns" in results[1]["distilled"] else 1)
+    assert results[1]["reconstructed"]["real"]["cosine_mean"] > 0.5
     assert "int8 ONNX (onnxruntime)" in table and "quantize_static" in table and "ratio to fp32 ONNX teacher" in table
     assert (out / "report.png").stat().st_size > 10_000
 
