@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -59,16 +59,23 @@ def reconstruct_student(cfg: Config, student: nn.Module, data: TrainBatches, dev
             broadcast(tensor)
 
 
-def reconstruct_resumably(output: Path, student: nn.Module, settings: ReconstructionSettings, images) -> None:
+def reconstruct_resumably(output: Path, student: nn.Module, settings: ReconstructionSettings,
+                          images: Callable[[], torch.Tensor]) -> None:
+    """Reconstruct ``student`` in place on ``images()``, going on from ``output``'s progress file when it holds
+    a reconstruction under the same settings (a finished one is read back and ``images`` never called)."""
     progress_path = output / PROGRESS_FILE
     saved: dict[str, Any] | None = torch.load(progress_path, weights_only=True) if progress_path.is_file() else None
-    done, report, reference = 0, [], copy.deepcopy(student)  # the student before any block is fitted
-    if saved is not None and saved["settings"] == _settings_key(settings):
+    if saved is not None and saved["settings"] != _settings_key(settings):
+        saved = None
+    if saved is not None and saved["complete"]:
+        student.load_state_dict(saved["student"])
+        log.info("block reconstruction: restored from %s", progress_path)
+        return
+    reference = copy.deepcopy(student)  # the student before any block is fitted: the float side's source
+    done, report = 0, []
+    if saved is not None:
         student.load_state_dict(saved["student"])
         done, report = saved["blocks_done"], saved["report"]
-        if saved["complete"]:
-            log.info("block reconstruction: restored from %s", progress_path)
-            return
         log.info("block reconstruction: going on after block %d (%s)", done, progress_path)
 
     def keep(blocks_done: int, total: int, block_report: list[dict]) -> None:
