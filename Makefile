@@ -6,7 +6,8 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_CONFIGS ?= config/demo_mbf_w8a8.py
 DEMO_FALLBACK ?= config/demo_dlib_w8a8.py
-ALL_DEMO_CONFIGS := $(foreach t,mbf dlib faceplugin,$(foreach b,w8a8 w6a6 w4a4,config/demo_$(t)_$(b).py)) config/demo_mbf_mixed.py
+SEEDS ?=
+ALL_DEMO_CONFIGS := $(foreach t,mbf dlib faceplugin,$(foreach b,w8a8 w6a6 w4a4 mixed,config/demo_$(t)_$(b).py))
 
 .PHONY: venv assets demo demo-all test clean-venv
 
@@ -26,9 +27,11 @@ assets: venv
 # teacher, calibration-only baseline, distilled student and the shipped int8 ONNX on real photos.  Without
 # npm the npm teachers are skipped (said so) and the pip-only dlib teacher runs instead.
 demo: venv
-	$(PY) -m tools.demo $(DEMO_CONFIGS) --fallback $(DEMO_FALLBACK) --out work_dirs/demo_report
+	$(PY) -m tools.demo $(DEMO_CONFIGS) --fallback $(DEMO_FALLBACK) --out work_dirs/demo_report $(if $(SEEDS),--seeds $(SEEDS))
 
+# Every demo config over three seeds: the report gives each score's mean and spread, and claims only beyond it.
 demo-all: DEMO_CONFIGS := $(ALL_DEMO_CONFIGS)
+demo-all: SEEDS := 0 1 2
 demo-all: demo
 
 test: assets

@@ -55,6 +55,13 @@ image_size = None             # network input side; None = the model's declared 
 input_mean = None             # pixel mean of (x - mean) / std; None = the model's declared spec (127.5 for every backbone here); a different value is an error
 input_std = None              # pixel std of (x - mean) / std; None = the model's declared spec (127.5 insightface, 128 mfn_tflite); a different value is an error
 random_flip = True            # random horizontal flip of training images
+augment_crop = 1.0            # smallest random square crop, as a share of the face's area (resized back); 1 = off
+augment_rotate = 0.0          # largest random rotation in degrees, either way; 0 = off
+augment_color = 0.0           # brightness, contrast and saturation each scaled by a random factor in [1 - x, 1 + x]; 0 = off
+augment_blur = 0.0            # share of training faces blurred or sharpened (half each); 0 = off
+augment_mixup = 0.0           # largest share of the batch's next face blended into each face; 0 = off
+generator_upsample = "bicubic"  # data_source="generator": how the 64-px DCGAN faces are enlarged: bicubic | bilinear | sharp (bicubic + unsharp mask)
+latent_interpolation = 0.0    # data_source="generator": share of faces made from a point between two random latents
 num_workers = 2               # DataLoader worker processes (folder / recordio)
 
 # ---- optimisation -------------------------------------------------------------------------------

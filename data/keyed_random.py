@@ -51,6 +51,14 @@ def keyed_normals(seed: int, stream: str, indices: Sequence[int] | np.ndarray, d
     return torch.from_numpy(normals.astype(np.float32))
 
 
+def keyed_uniforms(seed: int, stream: str, epoch: int, indices: Sequence[int] | np.ndarray, dim: int
+                    ) -> torch.Tensor:
+    """float32 [len(indices), dim] uniforms in [0, 1); row ``r`` depends only on (seed, stream, epoch, indices[r])."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1, 1)
+    words = keyed_words(seed, stream, epoch, idx, np.arange(dim, dtype=np.int64).reshape(1, -1))
+    return torch.from_numpy(_unit(words).astype(np.float32))
+
+
 def keyed_coins(seed: int, stream: str, epoch: int, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
     """bool [len(indices)] fair coin flips keyed by (seed, stream, epoch, index)."""
     words = keyed_words(seed, stream, epoch, np.asarray(indices, dtype=np.int64))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.augment import Augmentation
 from data.bn_statistics import cached_bn_statistics_faces
 from data.folder import FaceFolderDataset
 from data.generated import GeneratedFaces
@@ -91,7 +92,8 @@ class TrainBatches:
     """Normalised float [B, 3, S, S] training batches on the device for one rank, epoch by epoch."""
 
     def __init__(self, source: BatchSource, length: int, batch_size: int, seed: int, spec: InputSpec,
-                 random_flip: bool, rank: int = 0, world_size: int = 1) -> None:
+                 random_flip: bool, rank: int = 0, world_size: int = 1,
+                 augmentation: Augmentation = Augmentation()) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.batches_per_epoch = length // (batch_size * world_size)
@@ -99,7 +101,7 @@ class TrainBatches:
             raise ValueError(f"{length} training samples do not fill one batch of {batch_size} on each of "
                              f"{world_size} processes; lower batch_size or add data")
         self.source, self.length, self.batch_size, self.seed = source, length, batch_size, seed
-        self.spec, self.random_flip = spec, random_flip
+        self.spec, self.random_flip, self.augmentation = spec, random_flip, augmentation
         self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
@@ -127,6 +129,7 @@ class TrainBatches:
         for indices, (images, labels) in zip(plan, self.source(plan)):
             if self.random_flip:
                 images = flip_where(images, keyed_coins(self.seed, "flip", epoch, indices.numpy()))
+            images = self.augmentation(images, self.seed, epoch, indices.numpy())
             yield self.spec.normalise(images), labels
 
     def calibration(self) -> Iterator[torch.Tensor]:
@@ -157,7 +160,8 @@ def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: 
         source, length = noise, cfg.samples_per_epoch
     elif kind == "generator":
         faces = GeneratedFaces(cfg.generator_weights, cfg.samples_per_epoch, seed=cfg.seed, size=spec.size,
-                               device=device, batch_size=cfg.batch_size, alignment=spec.alignment)
+                               device=device, batch_size=cfg.batch_size, alignment=spec.alignment,
+                               interpolation=cfg.latent_interpolation, upsample=cfg.generator_upsample)
         source, length = _generator_source(faces), len(faces)
     elif kind in ("folder", "recordio"):
         if not cfg.data_path:
@@ -169,4 +173,5 @@ def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: 
     else:
         raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder', 'recordio', 'bn_stats' or "
                          "'noise'")
-    return TrainBatches(source, length, cfg.batch_size, cfg.seed, spec, cfg.random_flip, rank, world_size)
+    return TrainBatches(source, length, cfg.batch_size, cfg.seed, spec, cfg.random_flip, rank, world_size,
+                        Augmentation.from_config(cfg))

@@ -18,8 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import quant
 from distill.callbacks import StepCallbacks
-from distill.setup import Run, TrainingError, prepare_run
-from distill.train_state import rng_isolated
+from distill.setup import Run, TrainingError, check_run_fields, check_same_run, prepare_run
+from distill.train_state import list_checkpoints, load_training_state, rng_isolated
 from utils.config import Config
 from utils.distributed import DistEnv, all_reduce_mean
 from utils.fileio import atomic_torch_save
@@ -142,8 +142,25 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def finished_summary(cfg: Config) -> dict[str, Any] | None:
+    """With ``resume=true``: the summary of the same run in ``output`` when it already ran to its last step
+    (then nothing is redone: no calibration, and ``summary.json`` keeps the time the run took)."""
+    output = Path(cfg.output)
+    found = list_checkpoints(output)
+    if not (cfg.resume and found and (output / FINAL_STUDENT).is_file() and (output / "summary.json").is_file()):
+        return None
+    check_run_fields(cfg)
+    check_same_run(cfg)
+    last = load_training_state(found[-1][1])
+    return json.loads((output / "summary.json").read_text()) if last["step"] == last["total_steps"] else None
+
+
 def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
     """Run (or resume) one distillation; return the trained student and the summary (rank 0)."""
+    done = finished_summary(cfg)
+    if done is not None:
+        print(f"{cfg.output}: this run already finished ({done['steps']} steps); nothing to redo", flush=True)
+        return quant.load_quantized(Path(cfg.output) / FINAL_STUDENT, map_location=env.device), done
     started = time.time()
     run = prepare_run(cfg, env)
     announce(run)

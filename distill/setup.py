@@ -23,6 +23,8 @@ from backbones import get_model, input_spec, load_float_model
 from backbones.loading import read_float_source
 from backbones.spec import ARCFACE, InputSpec, check_meta_spec, spec_with
 from data import TrainBatches, build_train_batches
+from data.augment import Augmentation
+from data.generated import UPSAMPLING
 from distill.features import FeatureDistillation
 from distill.losses import LOSSES, DistillationLoss
 from distill.margin import HEADS, MarginHead
@@ -32,7 +34,7 @@ from eval.verification import find_bins
 from distill.train_state import list_checkpoints, load_training_state, restore_rng_state, rng_isolated
 from quant.checkpoint import build_quantized
 from utils.checkpoint import load_state_strict, read_checkpoint
-from utils.config import Config
+from utils.config import Config, load_config
 from utils.distributed import DistEnv
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -111,6 +113,7 @@ def check_run_fields(cfg: Config) -> None:
     if cfg.bias_correction and cfg.calibration_batches == 0:
         raise TrainingError("bias_correction=True corrects biases after calibration: set calibration_batches >= 1")
     check_reconstruct_fields(cfg)
+    check_data_fields(cfg)
     try:
         milestone_steps(cfg.lr_milestones, 1)
     except ValueError as exc:
@@ -118,6 +121,18 @@ def check_run_fields(cfg: Config) -> None:
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise TrainingError("tensorboard=True needs the tensorboard package: pip install tensorboard "
                             "(or set tensorboard=False)")
+
+
+def check_data_fields(cfg: Config) -> None:
+    """The augmentation and generator fields, checked before any model is loaded."""
+    try:
+        Augmentation.from_config(cfg)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    if cfg.generator_upsample not in UPSAMPLING:
+        raise TrainingError(f"generator_upsample={cfg.generator_upsample!r} is not one of {', '.join(UPSAMPLING)}")
+    if not 0.0 <= cfg.latent_interpolation <= 1.0:
+        raise TrainingError(f"latent_interpolation={cfg.latent_interpolation} must be in [0, 1] (a share of the faces)")
 
 
 def check_reconstruct_fields(cfg: Config) -> None:
@@ -186,12 +201,18 @@ def find_resume_point(cfg: Config) -> Path | None:
 
 def check_same_run(cfg: Config) -> None:
     """Resuming continues the run saved in ``output``, so its training settings must not have changed
-    (say, a config edited since, or a newer version of a shipped config); otherwise stop and say which."""
+    (say, a config edited since, or a newer version of a shipped config); otherwise stop and say which.
+    A field the saved run did not know yet (added to ``config/base.py`` since) counts as unchanged while it
+    keeps its default: that default is what the older run did."""
     saved_path = Path(cfg.output) / "config.json"
     if not saved_path.is_file():
         return
     saved = json.loads(saved_path.read_text())
     current = json.loads(cfg.to_json())
+    defaults = json.loads(load_config(None).to_json())
+    for key in set(current) - set(saved):
+        if current[key] == defaults.get(key):
+            saved[key] = current[key]
     changed = sorted(key for key in set(saved) | set(current)
                      if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key))
     if changed:

@@ -79,3 +79,40 @@ def test_without_npm_the_demo_skips_npm_teachers_and_runs_the_pip_one(tmp_path: 
     assert "demo_dlib_w8a8.py instead" in skipped[1]
     runnable, skipped = demo.select([str(REPO / "config/demo_dlib_w6a6.py")], None)  # pip teachers just run
     assert [cfg.network for cfg in runnable] == ["dlib_resnet"] and skipped == []
+
+
+def test_scores_over_seeds_are_averaged_with_their_spread_and_claims_respect_it() -> None:
+    def run(ptq: float, distilled: float) -> dict:
+        scores = lambda mean: {"real": {"cosine_mean": mean, "cosine_min": mean - 0.1}, "size_mb": 1.0}  # noqa: E731
+        return {"teacher": "t", "bits": "W4A4", "ptq": scores(ptq), "distilled": scores(distilled)}
+
+    combined = demo_report.combine_seeds([run(0.90, 0.95), run(0.92, 0.96), run(0.91, 0.94)], [0, 1, 2])
+    assert combined["seeds"] == [0, 1, 2] and combined["bits"] == "W4A4"
+    assert math.isclose(combined["distilled"]["real"]["cosine_mean"], 0.95)
+    assert math.isclose(combined["spread"]["distilled"]["real"]["cosine_mean"], 0.02)
+    assert math.isclose(combined["spread"]["ptq"]["real"]["cosine_min"], 0.02)
+    assert "distilled beats calibration only (spread 0.0200)" in demo_report.claims([combined])[0]
+    close = demo_report.combine_seeds([run(0.90, 0.93), run(0.95, 0.91)], [0, 1])
+    assert "within the seed spread: neither beats the other" in demo_report.claims([close])[0]
+    single = demo_report.combine_seeds([run(0.90, 0.99)], [4])
+    assert "spread" not in single and "one seed, so no spread and no claim" in demo_report.claims([single])[0]
+
+
+def test_demo_over_two_seeds_runs_each_into_its_own_output_and_reports_the_spread(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path, "demo_mbf_w4a4")
+    commands = demo.training_commands(demo.select([str(config)], None)[0], [0, 1])
+    assert [c[2:] for c in commands] == [
+        [str(config), "resume=true", "seed=0", f"output={tmp_path / 'demo_mbf_w4a4'}"],
+        [str(config), "resume=true", "seed=1", f"output={tmp_path / 'demo_mbf_w4a4_seed1'}"]]
+    for command in commands:  # what tools.demo runs, in this process
+        assert train_quantization.main(command[2:]) == 0
+    out = tmp_path / "report"
+    assert demo_report.main([str(config), "--seeds", "0", "1", "--out", str(out), "--holdout-count", "8"]) == 0
+    result, = json.loads((out / "report.json").read_text())
+    assert result["seeds"] == [0, 1]
+    for kind in ("ptq", "distilled", "onnx"):
+        assert 0 < result["spread"][kind]["real"]["cosine_mean"] < 0.3, kind  # other seeds, other faces
+    table = (out / "report.md").read_text()
+    assert "mean over seeds 0, 1, spread (max - min) in brackets" in table
+    assert f"({result['spread']['distilled']['real']['cosine_mean']:.4f})" in table
+    assert "mobilefacenet_tflite W4A4, real: distilled - calibration only" in table

@@ -1,15 +1,20 @@
 """Every benchmark tool of tools/ runs end to end at tiny size and prints the ratio it exists for.
 
 (The other tools have their own tests: fetch_assets in test_assets, generate_faces in test_data_generated,
-model_info in test_model_info, demo_report in test_demo, export_onnx in test_deploy.)
+model_info in test_model_info, demo_report in test_demo, export_onnx in test_deploy.)  compare_recipes, the
+study tool, is here too.
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
-from tools import bench_data, bench_deploy, bench_eval, bench_quant_step, bench_train
+from tools import bench_data, bench_deploy, bench_eval, bench_quant_step, bench_train, compare_recipes
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NUMBER = r"[0-9]+\.[0-9]+"
@@ -72,3 +77,27 @@ def test_compare_data_sources_distils_on_each_source(tmp_path, capsys):
                         re.MULTILINE)
         assert row and all(-1.0 <= float(v) <= 1.0 for v in row.groups()), (source, out)
     assert (tmp_path / "bn_stats" / "bn_stats_faces.pt").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_compare_recipes_trains_each_variant_and_seed_once_and_reports_spreads(tmp_path, capsys):
+    config = tmp_path / "tiny.py"
+    config.write_text(f'_base_ = "{REPO / "config" / "demo_mbf_w8a8.py"}"\nnum_steps = 1\ncalibration_batches = 1\n'
+                      "batch_size = 4\nsave_every = 100\neval_batch_size = 8\n")
+    args = [str(config), "--variant", "plain:", "--variant", "crops: augment_crop=0.5 augment_rotate=20",
+            "--seeds", "0", "1", "--out", str(tmp_path / "study"), "--holdout-count", "8"]
+    assert compare_recipes.main(args) == 0
+    out = capsys.readouterr().out
+    assert "seeds 0, 1" in out and "| plain | - |" in out and "| crops | augment_crop=0.5 augment_rotate=20 |" in out
+    results = json.loads((tmp_path / "study" / "report.json").read_text())
+    crops = results["crops"]["seeds"]
+    assert crops["0"]["real"]["cosine_mean"] != crops["1"]["real"]["cosine_mean"]  # another seed, another run
+    assert json.loads((tmp_path / "study" / "crops" / "seed1" / "config.json").read_text())["augment_crop"] == 0.5
+    spread = abs(crops["0"]["real"]["cosine_mean"] - crops["1"]["real"]["cosine_mean"])
+    mean = (crops["0"]["real"]["cosine_mean"] + crops["1"]["real"]["cosine_mean"]) / 2
+    assert f"{mean:.4f} ({spread:.4f})" in out
+    student = tmp_path / "study" / "plain" / "seed0" / "student_final.pt"
+    before = student.stat().st_mtime_ns
+    assert compare_recipes.main(args) == 0  # finished runs and their scores are read back, not redone
+    assert student.stat().st_mtime_ns == before
+    assert compare_recipes.main([str(config), "--variant", "bad name: lr=1"]) == 1
+    assert "start with a name of letters" in capsys.readouterr().err

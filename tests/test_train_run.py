@@ -110,6 +110,10 @@ def test_r18_w4a4_distillation_lowers_the_loss_and_saves_a_loadable_student(asse
         assert (out / name).is_file(), name
     ckpt = load_training_state(list_checkpoints(out)[-1][1])  # weights_only=True inside
     assert ckpt["step"] == 6 and ckpt["observers_enabled"] is False
+    written = (out / "summary.json").read_text()
+    again, summary_again = run_inprocess(config, "resume=true")  # a finished run: nothing redone
+    assert summary_again == summary and (out / "summary.json").read_text() == written and len(losses(out)) == 6
+    assert_same_outputs(again, out / distill.FINAL_STUDENT)
 
 
 def test_block_reconstruction_runs_once_before_distillation_and_a_resumed_run_skips_it(assets, tmp_path):
@@ -125,8 +129,11 @@ def test_block_reconstruction_runs_once_before_distillation_and_a_resumed_run_sk
     progress = torch.load(out / "reconstruction.pt", weights_only=True)
     assert progress["complete"] and progress["blocks_done"] == 9
     (out / "reconstruction.pt").unlink()
+    for path in (out / distill.FINAL_STUDENT, list_checkpoints(out)[-1][1]):  # stopped after step 1
+        path.unlink()
     _, summary = run_inprocess(config, "resume=true")
     assert summary["steps"] == 2 and not (out / "reconstruction.pt").exists()  # the checkpoint held the student
+    assert (out / distill.FINAL_STUDENT).is_file()  # step 2 ran again and the student was written
 
 
 def test_mbf_student_of_an_r18_teacher_learns_through_a_projection_and_is_verified(assets, tmp_path):
@@ -212,7 +219,11 @@ def test_settings_that_cannot_apply_are_errors_naming_them(assets, tmp_path, cap
              ({"reconstruct_iters": 5, "calibration_batches": 1, "reconstruct_drop": 1.0},
               "reconstruct_drop=1.0 must be in [0, 1)"),
              ({"reconstruct_iters": 5, "calibration_batches": 1, "bias_correction": True},
-              "bias_correction=True with reconstruct_iters > 0")]
+              "bias_correction=True with reconstruct_iters > 0"),
+             ({"augment_crop": 0.0}, "augment_crop=0.0 must be in (0, 1]"),
+             ({"augment_mixup": 0.7}, "augment_mixup=0.7 must be in [0, 0.5]"),
+             ({"generator_upsample": "nearest"}, "generator_upsample='nearest' is not one of bicubic, bilinear"),
+             ({"latent_interpolation": 2.0}, "latent_interpolation=2.0 must be in [0, 1]")]
     for index, (fields, message) in enumerate(cases):
         config = write_config(tmp_path / f"c{index}.py", output=str(tmp_path / f"o{index}"), **{**common, **fields})
         assert tq.main([str(config)]) == 1, fields
@@ -247,6 +258,12 @@ def test_resuming_with_other_training_settings_is_an_error_naming_them(assets, t
     err = capsys.readouterr().err
     assert f"{out} holds a run with other settings (lr, weight_bits; e.g. lr was 0.01, now 0.5)" in err
     assert tq.main([str(config), "resume=true", "log_every=5"]) == 0  # bookkeeping may change
+    saved = json.loads((out / "config.json").read_text())
+    del saved["augment_crop"]  # a run saved before the field existed did what its default does
+    (out / "config.json").write_text(json.dumps(saved))
+    assert tq.main([str(config), "resume=true"]) == 0
+    assert tq.main([str(config), "resume=true", "augment_crop=0.5"]) == 1
+    assert "holds a run with other settings (augment_crop; e.g. augment_crop was None, now 0.5)" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(assets, tmp_path, capsys):
@@ -283,9 +300,10 @@ def _finish(process: subprocess.Popen, timeout: float = 240) -> str:
 
 
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(assets, tmp_path):
-    # dropout in the student and random flips: randomness that must replay identically after resume
+    # dropout in the student, random flips and augmentation: randomness that must replay identically after resume
     common = dict(network="vargfacenet", network_kwargs=VARG, embedding_size=64, teacher=str(assets["vargfacenet"]),
                   data_path=str(assets["faces8"]), batch_size=2, num_steps=4, lr=0.05, random_flip=True,
+                  augment_crop=0.7, augment_rotate=10.0, augment_color=0.3, augment_blur=0.5, augment_mixup=0.3,
                   observer_steps=3, save_every=1, keep_last=2)
     straight = write_config(tmp_path / "straight.py", output=str(tmp_path / "straight"), **common)
     killed = write_config(tmp_path / "killed.py", output=str(tmp_path / "killed"), **common)

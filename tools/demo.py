@@ -1,12 +1,14 @@
 """The README's first command: fetch what the demo configs need, distil each, then report.
 
-    python -m tools.demo config/demo_mbf_w8a8.py [more configs] [--fallback config/demo_dlib_w8a8.py]
+    python -m tools.demo config/demo_mbf_w8a8.py [more configs] [--fallback config/demo_dlib_w8a8.py] [--seeds 0 1 2]
 
 A config whose teacher cannot be fetched because its registry client is missing (the MobileFaceNets come
 from npm) is skipped, saying which teacher and why; when every config is skipped, ``--fallback`` (a config
 whose teacher comes from pip) runs instead, so a machine with Python alone still runs the demo.  Any other
 failure (a checksum mismatch, no network) stops with its message.  Each run resumes (``resume=true``): a
-finished run is not redone.  The report is ``tools.demo_report`` on the runs that took place.
+finished run is not redone.  ``--seeds``: each config is run once per seed (the config's own seed in its own
+output, another in ``<output>_seed<S>``) and the report gives every score's mean and spread over them.  The
+report is ``tools.demo_report`` on the runs that took place.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from assets import AssetError, ClientMissing, asset_for_path, ensure_asset
+from tools.demo_report import seed_output
 from utils.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,11 +63,25 @@ def select(paths: list[str], fallback: str | None) -> tuple[list[Config], list[s
     return runnable, skipped
 
 
+def training_commands(runnable: list[Config], seeds: list[int] | None) -> list[list[str]]:
+    """One ``train_quantization.py`` command per config and seed (each config's own seed when ``seeds`` is
+    None), every config at the first seed first, so a stopped demo already has a whole table."""
+    commands = []
+    for seed in seeds or [None]:
+        for cfg in runnable:
+            chosen = [] if seed is None else [f"seed={seed}", f"output={seed_output(cfg, seed)}"]
+            commands.append([sys.executable, str(REPO / "train_quantization.py"), cfg.config_file, "resume=true",
+                             *chosen])
+    return commands
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", help="demo config files")
     parser.add_argument("--fallback", default=None, help="config to run when every config is skipped")
     parser.add_argument("--out", default="work_dirs/demo_report", help="report folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run each config with these seeds (default: its own) and report mean and spread")
     args = parser.parse_args(argv)
     try:
         runnable, skipped = select(args.configs, args.fallback)
@@ -76,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     if not runnable:
         print("error: no demo config can run here (see above)", file=sys.stderr)
         return 1
-    for cfg in runnable:
-        command = [sys.executable, str(REPO / "train_quantization.py"), cfg.config_file, "resume=true"]
+    for command in training_commands(runnable, args.seeds):
         print(f"\n== {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, cwd=REPO).returncode != 0:
-            print(f"error: training {cfg.config_file} failed (its output is above)", file=sys.stderr)
+            print(f"error: training {command[2]} failed (its output is above)", file=sys.stderr)
             return 1
-    report = [sys.executable, "-m", "tools.demo_report", *(c.config_file for c in runnable), "--out", args.out]
+    report = [sys.executable, "-m", "tools.demo_report", *(c.config_file for c in runnable), "--out", args.out,
+              *(["--seeds", *map(str, args.seeds)] if args.seeds else [])]
     code = subprocess.run(report, cwd=REPO).returncode
     for line in skipped:  # repeated under the table, where a user reads last
         print(line)

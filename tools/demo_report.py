@@ -94,8 +94,8 @@ class FaceSet:
     teacher: np.ndarray
 
 
-def _teacher_sets(cfg: Config, device: torch.device, holdout: tuple[int, int], johns_dir: Path
-                  ) -> tuple[torch.nn.Module, list[FaceSet]]:
+def teacher_face_sets(cfg: Config, device: torch.device, holdout: tuple[int, int], johns_dir: Path
+                      ) -> tuple[torch.nn.Module, list[FaceSet]]:
     """The float teacher and its face sets: real photos, held-out generated faces, the johns (if present)."""
     teacher = load_float_model(cfg.teacher).to(device).eval()
     spec = teacher.input_spec
@@ -108,6 +108,13 @@ def _teacher_sets(cfg: Config, device: torch.device, holdout: tuple[int, int], j
                      for name, images, ids in sets]
 
 
+def score_model(model: torch.nn.Module, sets: list[FaceSet], cfg: Config, device: torch.device, kind: str
+                ) -> dict[str, Any]:
+    """``{face set name: eval.agreement.compare_models against the teacher}`` for one model."""
+    return {s.name: compare_models(s.teacher, _embed(model, s.images, cfg, device, f"{kind} {s.name}"), s.identities)
+            for s in sets}
+
+
 def evaluate_config(cfg: Config, device: torch.device, cache: dict[Any, Any], holdout: tuple[int, int],
                     johns_dir: Path) -> dict[str, Any]:
     """Teacher, calibration-only baseline, distilled student and the shipped ONNX files of one demo run,
@@ -117,13 +124,11 @@ def evaluate_config(cfg: Config, device: torch.device, cache: dict[Any, Any], ho
         raise FileNotFoundError(f"{student_path} not found: run `python train_quantization.py {cfg.config_file}` "
                                 "first")
     if cfg.teacher not in cache:
-        cache[cfg.teacher] = _teacher_sets(cfg, device, holdout, johns_dir)
+        cache[cfg.teacher] = teacher_face_sets(cfg, device, holdout, johns_dir)
     teacher, sets = cache[cfg.teacher]
 
     def scores(kind: str, model: torch.nn.Module, size_mb: float) -> dict[str, Any]:
-        return {"size_mb": size_mb, **{s.name: compare_models(s.teacher, _embed(model, s.images, cfg, device,
-                                                                                 f"{kind} {s.name}"), s.identities)
-                                       for s in sets}}
+        return {"size_mb": size_mb, **score_model(model, sets, cfg, device, kind)}
 
     result: dict[str, Any] = {"config": cfg.config_file, "teacher": Path(cfg.teacher).stem, "network": cfg.network,
                               "bits": quant.QuantConfig.from_config(cfg).describe(),
@@ -176,8 +181,11 @@ JOHNS_COLUMNS = ["teacher", "model", "bits", "cos to teacher mean", "cos min", "
                  "TAR@FAR=1e-2"]
 
 
-def _f(d: dict[str, Any] | None, key: str) -> str:
-    return "1.0000" if d is None else f"{d[key]:.4f}"
+def _f(d: dict[str, Any] | None, key: str, spread: dict[str, Any] | None = None) -> str:
+    """A score, with its spread over the seeds in brackets when there were several."""
+    if d is None:
+        return "1.0000"
+    return f"{d[key]:.4f}" + (f" ({spread[key]:.4f})" if spread else "")
 
 
 def _by_teacher(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -187,41 +195,48 @@ def _by_teacher(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return groups
 
 
-def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any]]]:
-    """``(teacher, model, bits, scores or None for the teacher itself, result)``: per teacher, its own row,
-    then calibration-only / reconstructed (where the run reconstructed) / distilled / int8 ONNX per bit
-    width, and quantize_static once."""
-    rows = []
+Row = tuple[str, str, str, Any, Any, dict[str, Any]]
+
+
+def _rows(results: list[dict[str, Any]]) -> list[Row]:
+    """``(teacher, model, bits, scores, their spread over the seeds, result)``, scores None for the teacher
+    itself: per teacher, its own row, then calibration-only / reconstructed (where the run reconstructed) /
+    distilled / int8 ONNX per bit width, and quantize_static once."""
+    rows: list[Row] = []
     for teacher, group in _by_teacher(results).items():
-        rows.append((teacher, "teacher (float)", "FP32", None, group[0]))
+        rows.append((teacher, "teacher (float)", "FP32", None, None, group[0]))
         for r in group:
             kinds = [ROWS[0], *([RECONSTRUCTED] if "reconstructed" in r else []), *ROWS[1:3]]
-            rows += [(teacher, label, r["bits"], r[kind], r) for kind, label in kinds]
-        rows.append((teacher, ROWS[3][1], "W8A8", group[0]["quantize_static"], group[0]))
+            rows += [(teacher, label, r["bits"], r[kind], r.get("spread", {}).get(kind), r) for kind, label in kinds]
+        first = group[0]
+        rows.append((teacher, ROWS[3][1], "W8A8", first["quantize_static"], first.get("spread", {}).get("quantize_static"),
+                     first))
     return rows
 
 
 def report_table(results: list[dict[str, Any]]) -> str:
     """Real photos and held-out generated faces, every model against its own teacher."""
     lines = []
-    for teacher, model, bits, s, r in _rows(results):
+    for teacher, model, bits, s, sp, r in _rows(results):
         size = r["teacher_mb"] if s is None else s["size_mb"]
         identity = (r["distilled"] if s is None else s)["real"]["teacher_identity" if s is None else "student_identity"]
         real, held = (None, None) if s is None else (s["real"], s["holdout"])
-        lines.append([teacher, model, bits, f"{size:.2f}", _f(real, "cosine_mean"), _f(real, "cosine_min"),
-                      _f(real, "pair_score_correlation"), f"{identity['genuine_mean']:.3f}",
-                      f"{identity['impostor_mean']:.3f}", _f(held, "cosine_mean"), _f(held, "cosine_min")])
+        real_sp, held_sp = (None, None) if sp is None else (sp["real"], sp["holdout"])
+        lines.append([teacher, model, bits, f"{size:.2f}", _f(real, "cosine_mean", real_sp),
+                      _f(real, "cosine_min", real_sp), _f(real, "pair_score_correlation"),
+                      f"{identity['genuine_mean']:.3f}", f"{identity['impostor_mean']:.3f}",
+                      _f(held, "cosine_mean", held_sp), _f(held, "cosine_min", held_sp)])
     return markdown_table(COLUMNS, lines, text_columns=len(COLUMNS))
 
 
 def johns_table(results: list[dict[str, Any]]) -> str:
     """The 55 johns faces (5 people, 1,485 pairs): agreement with the teacher and verification."""
     lines = []
-    for teacher, model, bits, s, r in _rows(results):
+    for teacher, model, bits, s, sp, r in _rows(results):
         scored = (r["distilled"] if s is None else s)["johns"]
         identity = scored["teacher_identity" if s is None else "student_identity"]
-        agree = None if s is None else scored
-        lines.append([teacher, model, bits, _f(agree, "cosine_mean"), _f(agree, "cosine_min"),
+        agree, agree_sp = (None, None) if s is None else (scored, None if sp is None else sp["johns"])
+        lines.append([teacher, model, bits, _f(agree, "cosine_mean", agree_sp), _f(agree, "cosine_min", agree_sp),
                       f"{identity['genuine_mean']:.3f}", f"{identity['impostor_mean']:.3f}",
                       f"{identity['tar_at_far']:.4f}"])
     return markdown_table(JOHNS_COLUMNS, lines, text_columns=len(JOHNS_COLUMNS))
@@ -244,6 +259,56 @@ def speed_table(results: list[dict[str, Any]]) -> str:
     return markdown_table(header, rows, text_columns=3)
 
 
+def seed_output(cfg: Config, seed: int) -> str:
+    """Where the run of ``cfg`` with ``seed`` lives: the config's own output for its own seed, else
+    ``<output>_seed<seed>`` beside it."""
+    return cfg.output if seed == cfg.seed else f"{cfg.output}_seed{seed}"
+
+
+def seed_configs(path: str, seeds: list[int] | None) -> list[Config]:
+    """The config at ``path`` once per seed (its own seed when ``seeds`` is None), each with its own output."""
+    cfg = load_config(path)
+    return [cfg] if not seeds else [load_config(path, [f"seed={s}", f"output={seed_output(cfg, s)}"]) for s in seeds]
+
+
+def _numbers(values: list[Any], reduce: Any, keep_others: bool) -> Any:
+    """``reduce`` over the seeds of every number in same-shaped results; other leaves are the first seed's
+    (``keep_others``) or left out."""
+    first = values[0]
+    if isinstance(first, dict):
+        reduced = {key: _numbers([v[key] for v in values], reduce, keep_others) for key in first}
+        return {key: value for key, value in reduced.items() if value is not None}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return float(reduce(values))
+    return first if keep_others else None
+
+
+def combine_seeds(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One config's results over its seeds: every number averaged, ``spread`` = max - min of each score."""
+    combined = {**_numbers(runs, np.mean, True), "seeds": seeds}
+    if len(runs) > 1:
+        kinds = [k for k in ("ptq", "reconstructed", "distilled", "onnx", "quantize_static") if k in runs[0]]
+        combined["spread"] = {k: _numbers([r[k] for r in runs], np.ptp, False) for k in kinds}
+    return combined
+
+
+def claims(results: list[dict[str, Any]]) -> list[str]:
+    """Per run and face set: distilled against calibration only (mean cosine), said only beyond the seed spread."""
+    lines = []
+    for r in results:
+        for faces in (f for f in ("real", "johns") if f in r["distilled"]):
+            gap = r["distilled"][faces]["cosine_mean"] - r["ptq"][faces]["cosine_mean"]
+            if len(r["seeds"]) < 2:
+                verdict = "one seed, so no spread and no claim"
+            else:
+                spread = max(r["spread"][k][faces]["cosine_mean"] for k in ("distilled", "ptq"))
+                verdict = ("distilled beats calibration only" if gap > spread else
+                           "calibration only beats distilled" if gap < -spread else
+                           "within the seed spread: neither beats the other") + f" (spread {spread:.4f})"
+            lines.append(f"- {r['teacher']} {r['bits']}, {faces}: distilled - calibration only = {gap:+.4f}; {verdict}")
+    return lines
+
+
 def bar_chart(results: list[dict[str, Any]], path: Path) -> Path:
     """Real-photo student<->teacher cosine (mean bar, min marker) per teacher and bit width: baseline vs distilled."""
     import matplotlib
@@ -255,7 +320,8 @@ def bar_chart(results: list[dict[str, Any]], path: Path) -> Path:
     for offset, kind, label in ((-0.2, "ptq", "calibration only"), (0.2, "distilled", "distilled (QuantFace)")):
         means = [r[kind]["real"]["cosine_mean"] for r in results]
         mins = [r[kind]["real"]["cosine_min"] for r in results]
-        ax.bar(x + offset, means, width=0.38, label=f"{label}: mean")
+        spreads = [r["spread"][kind]["real"]["cosine_mean"] / 2 if "spread" in r else 0.0 for r in results]
+        ax.bar(x + offset, means, width=0.38, yerr=spreads, capsize=3, label=f"{label}: mean (bar: seed spread)")
         ax.scatter(x + offset, mins, marker="_", s=300, color="black", zorder=3)
     ax.scatter([], [], marker="_", color="black", label="min over faces")
     several = len({r["teacher"] for r in results}) > 1
@@ -278,22 +344,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout-seed", type=int, default=HOLDOUT_SEED, help="generator seed of the held-out faces")
     parser.add_argument("--holdout-count", type=int, default=HOLDOUT_COUNT, help="number of held-out generated faces")
     parser.add_argument("--johns", default=str(JOHNS_DIR), help="folder holding johns.json (the 55 johns faces)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds whose runs are combined (mean, and spread = max - min); default: the config's own")
     args = parser.parse_args(argv)
     johns_dir = Path(args.johns)
     try:
-        configs = [load_config(path) for path in args.configs]
+        per_config = [seed_configs(path, args.seeds) for path in args.configs]
+        configs = [runs[0] for runs in per_config]
         device = resolve_device(configs[0].device)
         cache: dict[Any, Any] = {}
-        results = [evaluate_config(cfg, device, cache, (args.holdout_seed, args.holdout_count), johns_dir)
-                   for cfg in configs]
+        holdout = (args.holdout_seed, args.holdout_count)
+        results = [combine_seeds([evaluate_config(cfg, device, cache, holdout, johns_dir) for cfg in runs],
+                                 [cfg.seed for cfg in runs]) for runs in per_config]
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out or configs[0].output)
     out.mkdir(parents=True, exist_ok=True)
     real = next(iter(cache.values()))[1][0]
+    seeds = results[0]["seeds"]
+    over = (f"; mean over seeds {', '.join(map(str, seeds))}, spread (max - min) in brackets" if len(seeds) > 1
+            else f"; seed {seeds[0]} only")
     text = (f"Every model against its own float teacher, each teacher on its own alignment: {len(real.images)} real "
-            f"photos ({len(set(real.identities or []))} identities), {args.holdout_count} held-out generated faces\n\n"
+            f"photos ({len(set(real.identities or []))} identities), {args.holdout_count} held-out generated faces"
+            f"{over}\n\n"
             + report_table(results))
     if "johns" in results[0]["distilled"]:
         text += ("\nThe 55 johns faces (5 people, 1,485 pairs; cosine scores; the dlib model may have been trained on "
@@ -301,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         text += f"\nThe johns faces were skipped: {johns_dir / 'johns.json'} not found (they live in ../shared only)\n"
     text += "\n" + speed_table(results)
+    text += "\nDistillation against calibration only (mean cosine to the teacher):\n" + "\n".join(claims(results)) + "\n"
     (out / "report.md").write_text(text)
     (out / "report.json").write_text(json.dumps(results, indent=2))
     bar_chart(results, out / "report.png")
