@@ -17,6 +17,14 @@ UPSAMPLING = ("bicubic", "bilinear", "sharp")
 SHARPENING = (1.0, 1.0)  # "sharp": unsharp mask (amount, Gaussian sigma in output pixels) after bicubic
 
 
+def check_options(interpolation: float, upsample: str) -> None:
+    """ValueError naming the config field when ``latent_interpolation`` or ``generator_upsample`` is invalid."""
+    if not 0.0 <= interpolation <= 1.0:
+        raise ValueError(f"latent_interpolation={interpolation} must be in [0, 1] (a share of the faces)")
+    if upsample not in UPSAMPLING:
+        raise ValueError(f"generator_upsample={upsample!r} is not one of {', '.join(UPSAMPLING)}")
+
+
 class GeneratedFaces:
     """``count`` DCGAN faces, RGB, ``size`` x ``size``; reproducible across batch sizes, devices and resumes.
 
@@ -38,10 +46,7 @@ class GeneratedFaces:
                  interpolation: float = 0.0, upsample: str = "bicubic") -> None:
         if count < 1:
             raise ValueError(f"GeneratedFaces needs count >= 1, got {count}")
-        if not 0.0 <= interpolation <= 1.0:
-            raise ValueError(f"latent_interpolation={interpolation} must be in [0, 1] (a share of the faces)")
-        if upsample not in UPSAMPLING:
-            raise ValueError(f"generator_upsample={upsample!r} is not one of {', '.join(UPSAMPLING)}")
+        check_options(interpolation, upsample)
         self.device = torch.device(device)
         self.generator = load_dcgan(weights, self.device)
         self.count, self.seed, self.size, self.alignment = count, seed, size, alignment

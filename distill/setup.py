@@ -24,7 +24,7 @@ from backbones.loading import read_float_source
 from backbones.spec import ARCFACE, InputSpec, check_meta_spec, spec_with
 from data import TrainBatches, build_train_batches
 from data.augment import Augmentation
-from data.generated import UPSAMPLING
+from data.generated import check_options
 from distill.features import FeatureDistillation
 from distill.losses import LOSSES, DistillationLoss
 from distill.margin import HEADS, MarginHead
@@ -127,12 +127,9 @@ def check_data_fields(cfg: Config) -> None:
     """The augmentation and generator fields, checked before any model is loaded."""
     try:
         Augmentation.from_config(cfg)
+        check_options(cfg.latent_interpolation, cfg.generator_upsample)
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
-    if cfg.generator_upsample not in UPSAMPLING:
-        raise TrainingError(f"generator_upsample={cfg.generator_upsample!r} is not one of {', '.join(UPSAMPLING)}")
-    if not 0.0 <= cfg.latent_interpolation <= 1.0:
-        raise TrainingError(f"latent_interpolation={cfg.latent_interpolation} must be in [0, 1] (a share of the faces)")
 
 
 def check_reconstruct_fields(cfg: Config) -> None:
