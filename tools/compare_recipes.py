@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import quant
 from data.realfaces import JOHNS_DIR
 from eval.report import markdown_table
-from tools.demo_report import HOLDOUT_COUNT, HOLDOUT_SEED, score_model, teacher_face_sets
+from tools.demo import train_command
+from tools.demo_report import HOLDOUT_COUNT, HOLDOUT_SEED, mean_and_spread, score_model, teacher_face_sets
 from utils.config import Config, ConfigError, load_config
 from utils.distributed import resolve_device
 
@@ -58,8 +57,7 @@ def parse_variant(text: str) -> tuple[str, str, list[str]]:
 
 def run_variant(config: str, overrides: list[str], seed: int, output: Path) -> None:
     """Train (or finish) one run; a failed run stops the study with its output above."""
-    command = [sys.executable, str(REPO / "train_quantization.py"), config, *overrides, f"seed={seed}",
-               f"output={output}", "resume=true"]
+    command = train_command(config, [*overrides, f"seed={seed}", f"output={output}"])
     print(f"\n== {' '.join(command[1:])}", flush=True)
     if subprocess.run(command, cwd=REPO).returncode != 0:
         raise RuntimeError(f"training {config} with {' '.join(overrides) or 'no overrides'} (seed {seed}) failed; "
@@ -82,12 +80,8 @@ def scores_of(cfg: Config, sets_cache: dict[str, Any], johns_dir: Path, holdout_
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     """``{"real cosine_mean": (mean over seeds, max - min)}`` for every metric the runs have."""
-    out = {}
-    for group, key in METRICS:
-        values = [s[group][key] for s in per_seed if group in s]
-        if values:
-            out[f"{group} {key}"] = (float(np.mean(values)), float(np.max(values) - np.min(values)))
-    return out
+    mean, spread = mean_and_spread(per_seed)
+    return {f"{group} {key}": (mean[group][key], spread[group][key]) for group, key in METRICS if group in mean}
 
 
 def difference(value: tuple[float, float], reference: tuple[float, float], seeds: int) -> str:

@@ -63,6 +63,12 @@ def select(paths: list[str], fallback: str | None) -> tuple[list[Config], list[s
     return runnable, skipped
 
 
+def train_command(config_file: str, overrides: list[str]) -> list[str]:
+    """``train_quantization.py CONFIG <overrides> resume=true``: a finished run is not redone, a stopped one
+    goes on where it stopped."""
+    return [sys.executable, str(REPO / "train_quantization.py"), config_file, *overrides, "resume=true"]
+
+
 def training_commands(runnable: list[Config], seeds: list[int] | None) -> list[list[str]]:
     """One ``train_quantization.py`` command per config and seed (each config's own seed when ``seeds`` is
     None), every config at the first seed first, so a stopped demo already has a whole table."""
@@ -70,8 +76,7 @@ def training_commands(runnable: list[Config], seeds: list[int] | None) -> list[l
     for seed in seeds or [None]:
         for cfg in runnable:
             chosen = [] if seed is None else [f"seed={seed}", f"output={seed_output(cfg, seed)}"]
-            commands.append([sys.executable, str(REPO / "train_quantization.py"), cfg.config_file, "resume=true",
-                             *chosen])
+            commands.append(train_command(cfg.config_file, chosen))
     return commands
 
 

@@ -283,12 +283,18 @@ def _numbers(values: list[Any], reduce: Any, keep_others: bool) -> Any:
     return first if keep_others else None
 
 
+def mean_and_spread(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Same-shaped results of several seeds: every number's mean (other leaves: the first seed's) and its
+    spread (max - min)."""
+    return _numbers(runs, np.mean, True), _numbers(runs, np.ptp, False)
+
+
 def combine_seeds(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """One config's results over its seeds: every number averaged, ``spread`` = max - min of each score."""
-    combined = {**_numbers(runs, np.mean, True), "seeds": seeds}
+    combined = {**mean_and_spread(runs)[0], "seeds": seeds}
     if len(runs) > 1:
         kinds = [k for k in ("ptq", "reconstructed", "distilled", "onnx", "quantize_static") if k in runs[0]]
-        combined["spread"] = {k: _numbers([r[k] for r in runs], np.ptp, False) for k in kinds}
+        combined["spread"] = {k: mean_and_spread([r[k] for r in runs])[1] for k in kinds}
     return combined
 
 
