@@ -32,6 +32,7 @@ observer_steps = 300          # training steps that (go on) observing activation
 layer_bits = {}               # mixed precision: {"module-name glob": [weight_bits, act_bits]}, e.g. {"conv1": [8, 8], "fc": [8, 8]}
 bias_correction = False       # after calibration (needs calibration_batches >= 1), give each quantized layer's bias back the mean output shift quantization caused
 equalize = False              # rescale channels between adjacent layers (exact through PReLU/ReLU) so per-tensor activation ranges fit every channel; uses the first training batches
+quantize_prelu_input = False  # quant_mode="deploy": quantize each PReLU's input too, so the conv before it runs as an integer kernel (the PReLU itself in float between them)
 bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
 
 # ---- block reconstruction (BRECQ / QDrop: after calibration, before distillation) -----------------

@@ -7,7 +7,8 @@ initializer (per output channel, symmetric) behind a ``DequantizeLinear``, and a
 input and weight are quantized gets its bias as int32 at scale ``s_in * s_w`` (the form onnxruntime
 fuses into ``QLinearConv``/``QGemm``).  BatchNorm right after a conv or linear is folded into it; with
 per-channel symmetric weights the folding is exact (the int8 weights stay, the channel scales take the
-BatchNorm factor).
+BatchNorm factor).  A BatchNorm that reads a quantized tensor (iResNet's pre-activation ``bn1``/``bn2``)
+becomes a depthwise 1x1 integer conv.
 
 Weight containers.  x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) multiply uint8 activations by int8
 weights with ``vpmaddubsw``, whose int16 pair sums saturate once ``|w|`` uses all 8 bits (measured here:
@@ -36,7 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import quant
 from backbones.layers import Add, ChannelPad, Mul
 from backbones.spec import input_spec_of
-from quant.layers import QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, QuantReLU, bias_scale
+from quant.layers import QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, QuantReLU, bias_scale, input_scale
 from quant.quantizer import FakeQuantizer, used_scale
 from utils.fileio import atomic_write_bytes
 from utils.modes import eval_mode
@@ -74,15 +75,26 @@ class _Graph:
         return f"{hint}_{self.count}"
 
     def const(self, hint: str, array: np.ndarray) -> str:
-        name = self.name(hint)
+        self.count += 1
+        name = f"c{self.count}"  # short: names are a sizeable share of a mobile net's int8 file
         array = np.asarray(array)  # keeps 0-d scalars 0-d (per-tensor), unlike np.ascontiguousarray
         self.inits.append(numpy_helper.from_array(array.copy(order="C"), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
-        out = self.name(hint)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        """Append a node (named after ``hint``, its layer) with one output tensor (a short name); return it."""
+        name = self.name(hint)
+        out = f"t{self.count}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, **attrs))
         return out
+
+    def int32_bias(self, where: str, ints: np.ndarray, s_in: float, weight_scale: str) -> str:
+        """``DequantizeLinear`` of an int32 bias on the grid ``s_in * s_w``; the grid is written as a product
+        of the input step and the weight scales already in the file (onnxruntime folds it at load), not as
+        4 more bytes a channel.  Zero point omitted: 0."""
+        scale = self.op("Mul", [self.const(f"{where}.input_scale", np.array(s_in, np.float32)), weight_scale],
+                        f"{where}.bias_scale")
+        return self.op("DequantizeLinear", [self.const(f"{where}.bias", ints), scale], f"{where}.bias_dq", axis=0)
 
     def passthrough(self, x: str, emit: Callable[[str], str]) -> str:
         """A grid-preserving op (``Q(op(x)) == op(Q(x))``: zero padding, max pooling, flattening) on ``x``.
@@ -221,12 +233,13 @@ class _Exporter:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             return self.weighted(node, m)
         if isinstance(m, nn.PReLU):
-            if isinstance(m, QuantPReLU) and (m.weight_quant or m.input_quant or m.output_quant):
+            if isinstance(m, QuantPReLU) and (m.weight_quant or m.output_quant):
                 raise ExportError(f"{where}: quantized PReLU slopes/outputs (quant_mode='quantface') have no integer "
                                   "kernel; export a quant_mode='deploy' student")
+            x = _quantize_act(self.g, self.arg(node), getattr(m, "input_quant", None), f"{where}.input")
             slope = m.weight.detach().float().numpy()
             shape = (-1, 1, 1) if slope.size > 1 else (1,)
-            return self.g.op("PRelu", [self.arg(node), self.g.const(f"{where}.slope", slope.reshape(shape))], where)
+            return self.g.op("PRelu", [x, self.g.const(f"{where}.slope", slope.reshape(shape))], where)
         if isinstance(m, (Add, Mul)):
             return self.binary(node, m)
         if isinstance(m, nn.Flatten):
@@ -256,11 +269,35 @@ class _Exporter:
         if self.folded.get(source) is bn:
             return self.values[source]  # folded into the conv/linear that produced it
         a, b = _bn_factors(bn)
+        x = self.arg(node)
+        if isinstance(bn, nn.BatchNorm2d) and x in self.g.grid:
+            integer = self.integer_affine(node.target, x, a, b)
+            if integer is not None:
+                return integer
         shape = (-1, 1, 1) if isinstance(bn, nn.BatchNorm2d) else (-1,)
-        scaled = self.g.op("Mul", [self.arg(node), self.g.const(f"{node.target}.a",
+        scaled = self.g.op("Mul", [x, self.g.const(f"{node.target}.a",
                                                                a.float().numpy().reshape(shape))], node.target)
         return self.g.op("Add", [scaled, self.g.const(f"{node.target}.b", b.float().numpy().reshape(shape))],
                          node.target)
+
+    def integer_affine(self, where: str, x: str, a: torch.Tensor, b: torch.Tensor) -> str | None:
+        """A BatchNorm on a quantized tensor (iResNet's pre-activation ``bn1``/``bn2``, which no conv before
+        it can absorb) as a depthwise 1x1 conv with int8 weights ``±127`` at channel scale ``|a| / 127``
+        (exactly ``a``) and its shift as an int32 bias on that conv's grid ``s_in |a| / 127`` (off by at most
+        half a step of that grid, 1/254 of an input step times ``|a|``): onnxruntime runs it as one integer
+        ``QLinearConv`` where a float multiply-add needed a dequantize and a quantize around it.  None when
+        a channel's shift does not fit int32 on its grid (a near-zero ``a``): then it stays float."""
+        s_in = float(_act_qparams(self.g.grid[x], where)[0])
+        scale = a.abs().clamp_min(1e-30) / 127.0
+        bias = torch.round(b / (s_in * scale.float().double()))
+        if bias.abs().max() >= 2 ** 31:
+            return None
+        channels, weight_scale = len(a), self.g.const(f"{where}.weight_scale", scale.float().numpy())
+        w = self.g.op("DequantizeLinear", [
+            self.g.const(f"{where}.weight", (127 * torch.sign(a)).to(torch.int8).numpy().reshape(channels, 1, 1, 1)),
+            weight_scale], f"{where}.weight_dq", axis=0)
+        bias_dq = self.g.int32_bias(where, bias.to(torch.int32).numpy(), s_in, weight_scale)
+        return self.g.op("Conv", [x, w, bias_dq], where, kernel_shape=[1, 1], group=channels)
 
     def foldable_bn(self, node: fx.Node, m: nn.Module) -> _BatchNorm | None:
         """The BN that reads only this layer's output (and the layer has no output quantizer), else None."""
@@ -283,7 +320,7 @@ class _Exporter:
             a, shift = _bn_factors(bn)
             self.folded[node] = bn
         if quantized:
-            w = self.weight(m, where, a)
+            w, weight_scale = self.weight(m, where, a)
         else:
             view = (-1,) + (1,) * (m.weight.dim() - 1)
             w = self.g.const(f"{where}.weight", (m.weight.detach().double() * a.view(view)).float().numpy())
@@ -291,10 +328,8 @@ class _Exporter:
         bias = (torch.zeros_like(a) if bias is None else bias.detach().double()) * a + shift
         if quantized and m.quantize_bias:  # int32 bias at s_in * s_w, as the student and the kernel add it
             grid = (bias_scale(m).double() * a.abs()).float()
-            b = self.g.op("DequantizeLinear", [  # zero point omitted: 0, and 4 bytes a channel saved
-                self.g.const(f"{where}.bias", torch.round(bias / grid.double()).clamp(-2**31, 2**31 - 1)
-                             .to(torch.int32).numpy()),
-                self.g.const(f"{where}.bias_scale", grid.numpy())], f"{where}.bias_dq", axis=0)
+            ints = torch.round(bias / grid.double()).clamp(-2**31, 2**31 - 1).to(torch.int32).numpy()
+            b = self.g.int32_bias(where, ints, float(input_scale(m)), weight_scale)
         else:
             b = self.g.const(f"{where}.bias", bias.float().numpy())
         if isinstance(m, nn.Conv2d):
@@ -303,8 +338,9 @@ class _Exporter:
             out = self.g.op("Gemm", [x, w, b], where, transB=1)
         return _quantize_act(self.g, out, getattr(m, "output_quant", None), f"{where}.output")
 
-    def weight(self, m: nn.Conv2d | nn.Linear, where: str, a: torch.Tensor) -> str:
-        """DequantizeLinear of the stored integer weights (BN factor ``a`` folded into the channel scales)."""
+    def weight(self, m: nn.Conv2d | nn.Linear, where: str, a: torch.Tensor) -> tuple[str, str]:
+        """(DequantizeLinear of the stored integer weights, their channel scales): the BN factor ``a`` folded
+        into the channel scales."""
         ints, scale = _weight_ints(m, where)
         view = (-1,) + (1,) * (m.weight.dim() - 1)
         ints, scale = ints * torch.sign(a).view(view).long(), scale * a.abs()  # BN folded exactly
@@ -315,7 +351,7 @@ class _Exporter:
         else:
             inputs[0] = self.g.const(f"{where}.weight", (ints + 128).to(torch.uint8).numpy())
             inputs.append(self.g.const(f"{where}.weight_zero", np.full(len(scale), 128, np.uint8)))
-        return self.g.op("DequantizeLinear", inputs, f"{where}.weight_dq", axis=0)
+        return self.g.op("DequantizeLinear", inputs, f"{where}.weight_dq", axis=0), inputs[1]
 
     def conv(self, node: fx.Node, m: nn.Conv2d, x: str, w: str, b: str) -> str:
         if m.padding_mode != "zeros" or isinstance(m.padding, str):

@@ -59,6 +59,7 @@ class QuantConfig:
     bn_mode: str = "train"
     equalize: bool = False
     bias_correction: bool = False
+    prelu_input: bool = False
 
     def __post_init__(self) -> None:
         self.layer_bits = {str(k): [int(b) for b in v] if isinstance(v, (list, tuple)) else v
@@ -76,13 +77,16 @@ class QuantConfig:
         _check_choice("act_observer", self.act_observer, ACT_OBSERVERS)
         _check_choice("lsq_init", self.lsq_init, LSQ_INITS)
         _check_choice("bn_mode", self.bn_mode, BN_MODES)
-        for flag in ("equalize", "bias_correction", "weight_symmetric"):
+        for flag in ("equalize", "bias_correction", "weight_symmetric", "prelu_input"):
             if not isinstance(getattr(self, flag), bool):
                 raise QuantConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.mode == "quantface" and self.weight_symmetric:
             raise QuantConfigError("weight_symmetric=True cannot apply with quant_mode='quantface': the paper's "
                                    "placement quantizes weights asymmetrically (min/max). Leave weight_symmetric "
                                    "unset, or use quant_mode='deploy'")
+        if self.prelu_input and self.mode != "deploy":
+            raise QuantConfigError("quantize_prelu_input=True is a quant_mode='deploy' placement (the paper's "
+                                   "quantface mode quantizes PReLU outputs); set quant_mode='deploy'")
         if not 50.0 < float(self.act_percentile) <= 100.0:
             raise QuantConfigError(f"act_percentile={self.act_percentile} must be in (50, 100], e.g. 99.99")
         if not 0.0 < float(self.ema_momentum) <= 1.0:
@@ -101,7 +105,8 @@ class QuantConfig:
                  "weight_symmetric": "weight_symmetric", "weight_observer": "weight_observer",
                  "act_observer": "act_observer", "lsq_init": "lsq_init", "act_percentile": "act_percentile",
                  "ema_momentum": "ema_momentum", "layer_bits": "layer_bits", "bn_mode": "bn_mode",
-                 "equalize": "equalize", "bias_correction": "bias_correction"}
+                 "equalize": "equalize", "bias_correction": "bias_correction",
+                 "prelu_input": "quantize_prelu_input"}
         return cls(**{attr: cfg[key] for attr, key in names.items() if key in cfg})
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,11 +27,16 @@ def _q(quantizer: FakeQuantizer | None, x: torch.Tensor) -> torch.Tensor:
     return x if quantizer is None else quantizer(x)
 
 
-def bias_scale(layer: nn.Module) -> torch.Tensor:
-    """Per-output-channel float32 scale ``s_in * s_w`` of the layer's int32 bias grid (after a forward);
-    ``s_in`` is the layer's input quantizer's, or the upstream Add/Mul output quantizer's (``bias_input``)."""
+def input_scale(layer: nn.Module) -> torch.Tensor:
+    """The scalar step ``s_in`` of the layer's quantized input: its input quantizer's, or the upstream
+    Add/Mul output quantizer's (``bias_input``)."""
     source = layer.input_quant if layer.input_quant is not None else layer.bias_input[0]
-    return used_scale(source.scale).reshape(()) * used_scale(layer.weight_quant.scale)
+    return used_scale(source.scale).reshape(())
+
+
+def bias_scale(layer: nn.Module) -> torch.Tensor:
+    """Per-output-channel float32 scale ``s_in * s_w`` of the layer's int32 bias grid (after a forward)."""
+    return input_scale(layer) * used_scale(layer.weight_quant.scale)
 
 
 class QuantWeighted:

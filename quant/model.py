@@ -65,7 +65,7 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
         binary, relu = isinstance(module, (Add, Mul)), isinstance(module, nn.ReLU)
         plan.inputs = (False, False) if binary else () if relu else (False,)
         plan.output = acts and (binary or (relu and qcfg.mode == "deploy"))
-        if isinstance(module, nn.PReLU):  # QuantFace: slope and output; deploy: PReLU stays float
+        if isinstance(module, nn.PReLU):  # QuantFace: slope and output; deploy: float (or its input quantized)
             plan.weight = plan.output = acts and qcfg.mode == "quantface"
         else:
             plan.weight = not (binary or relu) and not is_float_bits(plan.weight_bits)
@@ -79,7 +79,7 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
                 plan.output = False
         quantized = {name for name, plan in plans.items() if plan.output}
         for name, plan in plans.items():
-            if isinstance(targets[name], nn.PReLU) or is_float_bits(plan.act_bits):
+            if (isinstance(targets[name], nn.PReLU) and not qcfg.prelu_input) or is_float_bits(plan.act_bits):
                 continue
             sources = graph.input_sources(name) if graph is not None else []
             plan.inputs = tuple(not (i < len(sources) and all(s in quantized for s in sources[i]))

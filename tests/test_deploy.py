@@ -164,6 +164,25 @@ def test_dlib_relu_student_runs_wholly_on_integer_kernels_and_agrees(tmp_path):
         assert cosine(student(real), teacher(real)).mean() > 0.99  # and the student is still the teacher
 
 
+def test_iresnet_student_with_prelu_inputs_quantized_runs_every_conv_on_integer_kernels(faces, tmp_path):
+    """``quantize_prelu_input=True`` gives the conv (and folded BN) before each PReLU an integer output, and
+    the pre-activation BatchNorms that read a quantized sum export as depthwise 1x1 integer convs: no float
+    conv is left; only the PReLUs (no integer kernel) and the first block's ``bn1`` (it reads the stem
+    PReLU's float output) run in float."""
+    student = quant.post_training_quantize(realistic("r18", faces), quant.QuantConfig(bn_mode="fold", prelu_input=True),
+                                           faces[:4], 4).student.eval()
+    path = export_onnx(student, tmp_path / "r18.onnx")
+    ops, blocks, downsamples = _optimized_ops(path, tmp_path), 8, 4
+    assert "Conv" not in ops and ops.count("Mul") == 1 and ops.count("PRelu") == 1 + blocks, ops
+    assert ops.count("QLinearConv") == 1 + 2 * blocks + downsamples + (blocks - 1) + 1  # + bn1s and bn2
+    x = faces[4]
+    with torch.no_grad():
+        reference = student(x)
+        perturbed = student(x + 1e-5 * torch.randn_like(x, generator=torch.Generator().manual_seed(0)))
+    ours, baseline = cosine(OnnxModel(path)(x), reference), cosine(perturbed, reference)
+    assert ours.mean() >= baseline.mean() and ours.mean() > 0.7, (ours.mean(), baseline.mean())
+
+
 def test_packed_students_restore_exactly_and_are_small(faces, tmp_path):
     torch.manual_seed(0)
     model = get_model("mbf").eval()  # full width (2.1 M parameters): per-channel floats weigh as in real use

@@ -153,6 +153,18 @@ def test_deploy_placement_on_r100(r100: nn.Module) -> None:
     assert not any(n.startswith("prelu") or ".prelu." in n for n in names)
 
 
+def test_deploy_placement_with_prelu_inputs_quantized(r100: nn.Module) -> None:
+    plain, prelu_in = placement(quantize_model(r100, QuantConfig())), placement(
+        quantize_model(r100, QuantConfig(prelu_input=True)))
+    prelus = [n for n, m in r100.named_modules() if isinstance(m, nn.PReLU)]
+    # each PReLU input gets a quantizer (so the conv + BN before it runs as an integer kernel); nothing else moves
+    assert prelu_in - plain == {f"{n}.input_quant" for n in prelus} and plain <= prelu_in
+    assert len(prelus) == 1 + 49  # the stem and one per block (3 + 13 + 30 + 3)
+    with pytest.raises(QuantConfigError, match="quantize_prelu_input=True is a quant_mode='deploy' placement"):
+        QuantConfig(mode="quantface", prelu_input=True)
+    assert QuantConfig.from_config(load_config(None, ["quantize_prelu_input=true"])).prelu_input is True
+
+
 def test_state_dict_keeps_float_keys_and_float_model_is_untouched() -> None:
     float_model = tiny()
     before = {k: v.clone() for k, v in float_model.state_dict().items()}

@@ -35,7 +35,10 @@ from deploy.baseline import quantize_static_baseline
 from deploy.timing import images_per_s
 from utils.checkpoint import save_checkpoint
 
-VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "quantize_static int8", "ours int8", "ours int8 W7")
+# ours: the W8A8 deploy placement, changed as listed (7-bit weights export in int8 containers, see deploy.onnx_export)
+OURS = {"ours int8": {}, "ours int8 W7": {"weight_bits": 7}, "ours int8 PReLU-in": {"prelu_input": True},
+        "ours int8 W7 PReLU-in": {"weight_bits": 7, "prelu_input": True}}
+VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "quantize_static int8", *OURS)
 # pretrained teachers: asset, and the demo's trained W8A8 student when present (else calibration only)
 PRETRAINED = {"demo": ("mobilefacenet_tflite", Path("work_dirs/demo_mbf_w8a8/student_final.pt")),
               "dlib": ("dlib_resnet", Path("work_dirs/demo_dlib_w8a8/student_final.pt"))}
@@ -57,9 +60,10 @@ def _with_statistics(model: torch.nn.Module, faces: list[torch.Tensor]) -> torch
 
 
 def build_variants(name: str, work: Path) -> dict[str, Path]:
-    """The model files of one network (the fp32 PyTorch one as a checkpoint).  ``ours int8 W7``: the same
-    calibration with 7-bit weights, which export in int8 containers (exact on CPUs without VNNI, see
-    ``deploy.onnx_export``), where 8-bit weights need uint8 ones."""
+    """The model files of one network (the fp32 PyTorch one as a checkpoint).  Ours: one calibration per
+    entry of ``OURS``; ``W7``: 7-bit weights, which export in int8 containers (exact on CPUs without VNNI),
+    where 8-bit weights need uint8 ones; ``PReLU-in``: each PReLU's input quantized too
+    (``quantize_prelu_input``), so the conv before it runs as an integer kernel."""
     pretrained = name in PRETRAINED
     if pretrained:
         teacher = load_float_model(ensure_asset(PRETRAINED[name][0])).eval()
@@ -69,14 +73,13 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
     faces = _faces(teacher.input_spec, 64)
     qcfg = quant.QuantConfig(bn_mode="frozen" if pretrained else "fold", equalize=pretrained,
                              bias_correction=pretrained)
-    students = {"ours int8": quant.post_training_quantize(teacher, qcfg, faces, len(faces)).student.eval(),
-                "ours int8 W7": quant.post_training_quantize(teacher, dataclasses.replace(qcfg, weight_bits=7), faces,
-                                                             len(faces)).student.eval()}
+    students = {variant: quant.post_training_quantize(teacher, dataclasses.replace(qcfg, **change), faces,
+                                                      len(faces)).student.eval() for variant, change in OURS.items()}
     if pretrained and PRETRAINED[name][1].is_file():
         students["ours int8"] = quant.load_quantized(PRETRAINED[name][1]).eval()
     files = {"fp32 pytorch": work / f"{name}.pt", "fp32 onnxruntime": work / f"{name}_fp32.onnx",
-             "quantize_static int8": work / f"{name}_qs.onnx", "ours int8": work / f"{name}_int8.onnx",
-             "ours int8 W7": work / f"{name}_int8_w7.onnx"}
+             "quantize_static int8": work / f"{name}_qs.onnx"}
+    files.update({variant: work / f"{name}_{variant.replace(' ', '_')}.onnx" for variant in OURS})
     if pretrained:
         files["fp32 pytorch"] = ensure_asset(PRETRAINED[name][0])
     else:
@@ -129,10 +132,10 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
     lines.append("")
     lines.append("images/s ratios (" + ", ".join(keys) + "); file size ratio ours / fp32 onnx")
     for name, variants in results.items():
-        for mine in ("ours int8", "ours int8 W7"):
+        for mine in OURS:
             for base in ("fp32 onnxruntime", "quantize_static int8"):
                 ratios = " ".join(f"{variants[mine]['rates'][k] / variants[base]['rates'][k]:9.2f}" for k in keys)
-                lines.append(f"{name:<12} {mine[5:]:<7} / {base:<22} {ratios}")
+                lines.append(f"{name:<12} {mine[5:]:<16} / {base:<22} {ratios}")
         ours = variants["ours int8"]
         lines.append(f"{name:<12} size ours / fp32 onnx      {ours['size_mb'] / variants['fp32 onnxruntime']['size_mb']:9.3f}")
     return "\n".join(lines)
