@@ -102,8 +102,8 @@ def test_demo_over_two_seeds_runs_each_into_its_own_output_and_reports_the_sprea
     config = _tiny_config(tmp_path, "demo_mbf_w4a4")
     commands = demo.training_commands(demo.select([str(config)], None)[0], [0, 1])
     assert [c[2:] for c in commands] == [
-        [str(config), "resume=true", "seed=0", f"output={tmp_path / 'demo_mbf_w4a4'}"],
-        [str(config), "resume=true", "seed=1", f"output={tmp_path / 'demo_mbf_w4a4_seed1'}"]]
+        [str(config), "seed=0", f"output={tmp_path / 'demo_mbf_w4a4'}", "resume=true"],
+        [str(config), "seed=1", f"output={tmp_path / 'demo_mbf_w4a4_seed1'}", "resume=true"]]
     for command in commands:  # what tools.demo runs, in this process
         assert train_quantization.main(command[2:]) == 0
     out = tmp_path / "report"
