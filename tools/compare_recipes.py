@@ -24,7 +24,8 @@ import quant
 from data.realfaces import JOHNS_DIR
 from eval.report import markdown_table
 from tools.demo import train_command
-from tools.demo_report import HOLDOUT_COUNT, HOLDOUT_SEED, mean_and_spread, score_model, teacher_face_sets
+from tools.demo_report import (HOLDOUT_COUNT, HOLDOUT_SEED, beyond_spread, mean_and_spread, score_model,
+                               teacher_face_sets)
 from utils.config import Config, ConfigError, load_config
 from utils.distributed import resolve_device
 
@@ -87,7 +88,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
 def difference(value: tuple[float, float], reference: tuple[float, float], seeds: int) -> str:
     """Mean difference to the reference, starred where it exceeds both spreads (never from one seed)."""
     gap = value[0] - reference[0]
-    return f"{gap:+.4f}{' *' if seeds > 1 and abs(gap) > max(value[1], reference[1]) else ''}"
+    return f"{gap:+.4f}{' *' if beyond_spread(gap, max(value[1], reference[1]), seeds) else ''}"
 
 
 def report(summaries: list[tuple[str, list[str], dict[str, tuple[float, float]]]], seeds: list[int], config: str

@@ -291,11 +291,17 @@ def mean_and_spread(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[st
 
 def combine_seeds(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """One config's results over its seeds: every number averaged, ``spread`` = max - min of each score."""
-    combined = {**mean_and_spread(runs)[0], "seeds": seeds}
+    mean, spread = mean_and_spread(runs)
+    combined = {**mean, "seeds": seeds}
     if len(runs) > 1:
-        kinds = [k for k in ("ptq", "reconstructed", "distilled", "onnx", "quantize_static") if k in runs[0]]
-        combined["spread"] = {k: mean_and_spread([r[k] for r in runs])[1] for k in kinds}
+        combined["spread"] = {k: spread[k] for k in ("ptq", "reconstructed", "distilled", "onnx", "quantize_static")
+                              if k in spread}
     return combined
+
+
+def beyond_spread(gap: float, spread: float, seeds: int) -> bool:
+    """The project's rule for a claim: a gap counts only beyond the (larger) seed spread, never from one seed."""
+    return seeds > 1 and abs(gap) > spread
 
 
 def claims(results: list[dict[str, Any]]) -> list[str]:
@@ -308,8 +314,8 @@ def claims(results: list[dict[str, Any]]) -> list[str]:
                 verdict = "one seed, so no spread and no claim"
             else:
                 spread = max(r["spread"][k][faces]["cosine_mean"] for k in ("distilled", "ptq"))
-                verdict = ("distilled beats calibration only" if gap > spread else
-                           "calibration only beats distilled" if gap < -spread else
+                verdict = (("distilled beats calibration only" if gap > 0 else "calibration only beats distilled")
+                           if beyond_spread(gap, spread, len(r["seeds"])) else
                            "within the seed spread: neither beats the other") + f" (spread {spread:.4f})"
             lines.append(f"- {r['teacher']} {r['bits']}, {faces}: distilled - calibration only = {gap:+.4f}; {verdict}")
     return lines
