@@ -2,10 +2,10 @@
 
 ``FakeQuantizer(bits, symmetric, estimator, channels, learnable)`` rounds a tensor onto the grid
 ``q = clamp(round(x / s) + z, qmin, qmax)``, ``x_hat = (q - z) * s`` with torch's fused fake-quant
-kernels, whose backward is the straight-through estimator with clipping (gradient 1 inside the
-range, 0 outside).  Its state is plain buffers: ``bits``, ``qmin``, ``qmax``, ``scale``,
-``zero_point`` and the estimator's ``min_val``/``max_val`` (``scale``/``zero_point`` are
-parameters when learnable, LSQ/LSQ+).
+kernels (or, on CPU, ``quant.fake_quant``'s bit-equal vectorised form of them), whose backward is the
+straight-through estimator with clipping (gradient 1 inside the range, 0 outside).  Its state is
+plain buffers: ``bits``, ``qmin``, ``qmax``, ``scale``, ``zero_point`` and the estimator's
+``min_val``/``max_val`` (``scale``/``zero_point`` are parameters when learnable, LSQ/LSQ+).
 
 Grids: symmetric = signed narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]`` with zero point 0 (what int8
 weight kernels expect); affine = ``[0, 2^b-1]`` with an integer zero point.  Ranges always include 0
@@ -17,6 +17,8 @@ import math
 
 import torch
 from torch import nn
+
+from quant.fake_quant import fake_quantize, fake_quantize_covering
 
 _EPS = torch.finfo(torch.float32).eps
 _PERCENTILE_SAMPLES = 1 << 18   # percentile ranges are taken on at most this many sampled values
@@ -141,21 +143,6 @@ class PercentileRange(RangeEstimator):
         self.max_val.copy_(torch.where(fresh, mx, self.max_val + (mx - self.max_val) / self.num_batches))
 
 
-class _CoveringFakeQuant(torch.autograd.Function):
-    """Fused fake quant for a tensor whose range is its own min/max: nothing is clipped, so the
-    straight-through gradient is exactly the identity and the backward pass needs no mask."""
-
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, per_channel: bool):
-        if per_channel:
-            return torch.fake_quantize_per_channel_affine(x, scale, zero_point, 0, quant_min, quant_max)
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None, None, None, None
-
-
 class FakeQuantizer(nn.Module):
     """Quantize-dequantize a tensor per tensor, or per output channel (dim 0) when ``channels`` is set.
 
@@ -256,15 +243,11 @@ class FakeQuantizer(nn.Module):
         return out
 
     def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        axis = 0 if self.per_channel else None
         if self.estimator.stateless and not self.learnable:
-            return _CoveringFakeQuant.apply(x, self.scale, self.zero_point, self.quant_min, self.quant_max,
-                                            self.per_channel)
+            return fake_quantize_covering(x, self.scale, self.zero_point, self.quant_min, self.quant_max, axis)
         if not (self.learnable or self.scale.requires_grad):  # a fixed scale (a buffer may be set to learn)
-            if self.per_channel:
-                return torch.fake_quantize_per_channel_affine(
-                    x, self.scale, self.zero_point, 0, self.quant_min, self.quant_max)
-            return torch.fake_quantize_per_tensor_affine(
-                x, self.scale, self.zero_point, self.quant_min, self.quant_max)
+            return fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, axis)
         # LSQ gradient scale 1/sqrt(N * qmax), N = elements per channel (weights) or per sample (activations)
         grad_factor = 1.0 / math.sqrt((x[0].numel() if x.dim() else 1) * self.quant_max)
         scale = self.scale.clamp_min(_EPS)

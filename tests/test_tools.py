@@ -21,12 +21,16 @@ NUMBER = r"[0-9]+\.[0-9]+"
 
 
 def test_bench_quant_step_prints_quantized_over_float_ratios(capsys):
-    bench_quant_step.main(["--networks", "mbf", "nope", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+    bench_quant_step.main(["--networks", "mbf", "nope", "--batch-size", "2", "--steps", "2", "--warmup", "0",
                            "--device", "cpu"])
     out = capsys.readouterr().out
     assert "nope: not in the backbone registry" in out
     for variant in ("deploy observing", "deploy frozen", "quantface observing", "quantface frozen"):
-        assert re.search(rf"{variant}\s+wall\s+\d+ ms\s+ratio {NUMBER}\s+cpu\s+\d+ ms\s+ratio {NUMBER}", out), out
+        row = re.search(rf"{variant}\s+wall\s+\d+ ms\s+ratio ({NUMBER}) \(({NUMBER})-({NUMBER})\)\s+"
+                        rf"cpu\s+\d+ ms\s+ratio ({NUMBER}) \(({NUMBER})-({NUMBER})\)", out)
+        assert row, out
+        wall, wall_lo, wall_hi, cpu, cpu_lo, cpu_hi = map(float, row.groups())
+        assert 0 < wall_lo <= wall <= wall_hi and 0 < cpu_lo <= cpu <= cpu_hi
 
 
 def test_bench_train_runs_the_real_loop_and_prints_its_table(capsys):

@@ -77,9 +77,8 @@ def main(argv: list[str] | None = None) -> None:
             images_per_s = loop_throughput(name, args, Path(tmp))
             times = bench_network(name, args.batch_size, args.ratio_steps, 1, [args.mode], device)
             clock = "wall" if device.type == "cuda" else "cpu"  # process CPU time: robust to other load
-            base = times["float"][clock]
-            rows.append((name, images_per_s, times[f"{args.mode} frozen"][clock] / base,
-                         times[f"{args.mode} observing"][clock] / base))
+            rows.append((name, images_per_s, times[f"{args.mode} frozen"][f"{clock}_ratio"],
+                         times[f"{args.mode} observing"][f"{clock}_ratio"]))
     print(f"\n{'network':<10} {'train img/s':>12} {'step ratio q/float':>20} {'(observing)':>12}")
     for name, images_per_s, frozen, observing in rows:
         print(f"{name:<10} {images_per_s:12.1f} {frozen:20.2f} {observing:12.2f}")
