@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cpu_note = "" if device.type == "cuda" else "; cpu = process CPU time, insensitive to other processes' load"
+    cpu_note = "" if device.type == "cuda" else "; cpu = process CPU time; ratios per round, median (lowest-highest)"
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
           f"{args.steps} timed steps (median), W8A8{cpu_note}", flush=True)
     for name in args.networks:
