@@ -29,24 +29,26 @@ def _per_channel_view(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tens
 
 
 def _composed(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int,
-              axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(clamped integer grid values q - z, unclamped ones)``; the caller multiplies by the scale."""
-    inv = 1.0 / scale.float()
+              axis: int | None, keep_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fused kernels' arithmetic as vectorised ops: ``(output, float32 mask of unclamped values or None)``.
+    The mask is float32 (4 bytes per element, against the kernels' 1): comparing into and multiplying by a
+    float mask is 2.5x faster on CPU than with a bool one; it reuses the buffer of the unclamped values."""
+    scale = scale.float()
     if axis is None:
         z = int(zero_point.reshape(()).item())
-        q = x.mul(float(inv.reshape(()).item())).round_()
-        return q.clamp(quant_min - z, quant_max - z), q
-    q = x.mul(_per_channel_view(inv, x, axis)).round_()
-    if not bool(zero_point.any()):
-        return q.clamp(quant_min, quant_max), q
-    z = _per_channel_view(zero_point.float(), x, axis)
-    return torch.maximum(torch.minimum(q, quant_max - z), quant_min - z), q
-
-
-def _rescaled(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
-    if axis is None:
-        return q.mul_(float(scale.float().reshape(()).item()))
-    return q.mul_(_per_channel_view(scale.float(), x, axis))
+        s, low, high = float(scale.reshape(()).item()), quant_min - z, quant_max - z
+        q = x.mul(float((1.0 / scale).reshape(()).item())).round_()  # 1/s in float32, as the kernels take it
+    else:
+        s = _per_channel_view(scale, x, axis)
+        if bool(zero_point.any()):
+            z = _per_channel_view(zero_point.float(), x, axis)
+            low, high = quant_min - z, quant_max - z
+        else:
+            low, high = quant_min, quant_max
+        q = x.mul(_per_channel_view(1.0 / scale, x, axis)).round_()
+    clamped = q.clamp(low, high)
+    mask = torch.eq(clamped, q, out=q) if keep_mask else None
+    return clamped.mul_(s), mask
 
 
 def _fused(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int,
@@ -58,16 +60,14 @@ def _fused(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant
 
 
 class _ClippedCPU(torch.autograd.Function):
-    """The composed form with the fused kernels' gradient: zero where the value was clamped.  The mask is
-    kept as float32 (4 bytes per element, against the fused kernels' 1): comparing into and multiplying by a
-    float mask is 2.5x faster on CPU than with a bool one."""
+    """The composed form with the fused kernels' gradient: zero where the value was clamped."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, axis: int | None):
-        clamped, q = _composed(x, scale, zero_point, quant_min, quant_max, axis)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(torch.eq(clamped, q, out=q))  # q is not needed again: the mask reuses it
-        return _rescaled(clamped, scale, x, axis)
+        out, mask = _composed(x, scale, zero_point, quant_min, quant_max, axis, ctx.needs_input_grad[0])
+        if mask is not None:
+            ctx.save_for_backward(mask)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -75,25 +75,15 @@ class _ClippedCPU(torch.autograd.Function):
         return grad * inside, None, None, None, None, None
 
 
-class _CoveringCPU(torch.autograd.Function):
-    """The composed form for a range taken from the tensor itself: nothing is clipped, gradient identity."""
+class _Covering(torch.autograd.Function):
+    """For a range taken from the tensor itself: nothing is clipped, so the gradient is exactly the identity
+    and no mask is kept (fused kernel, or the composed form on CPU)."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, axis: int | None):
-        clamped, _ = _composed(x, scale, zero_point, quant_min, quant_max, axis)
-        return _rescaled(clamped, scale, x, axis)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None, None, None, None
-
-
-class _CoveringFused(torch.autograd.Function):
-    """The fused kernel with the identity gradient (no mask kept)."""
-
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, axis: int | None):
-        return _fused(x, scale, zero_point, quant_min, quant_max, axis)
+        if _uses_fused(x):
+            return _fused(x, scale, zero_point, quant_min, quant_max, axis)
+        return _composed(x, scale, zero_point, quant_min, quant_max, axis, False)[0]
 
     @staticmethod
     def backward(ctx, grad):
@@ -113,6 +103,4 @@ def fake_quantize_covering(x: torch.Tensor, scale: torch.Tensor, zero_point: tor
                            quant_max: int, axis: int | None = None) -> torch.Tensor:
     """``fake_quantize`` for a range that covers ``x`` (its own min/max): the gradient is exactly the identity,
     so no mask is kept."""
-    if _uses_fused(x):
-        return _CoveringFused.apply(x, scale, zero_point, quant_min, quant_max, axis)
-    return _CoveringCPU.apply(x, scale, zero_point, quant_min, quant_max, axis)
+    return _Covering.apply(x, scale, zero_point, quant_min, quant_max, axis)
