@@ -1,6 +1,6 @@
 """Export a checkpoint to ONNX: a float model to fp32, a quantized (deploy-mode) student to int8 QDQ.
 
-    python -m tools.export_onnx CHECKPOINT -o OUT.onnx [--network r100] [--int8-weights]
+    python -m tools.export_onnx CHECKPOINT -o OUT.onnx [--network r100] [--int8-weights] [--native-prelu]
     python -m tools.export_onnx CHECKPOINT --packed OUT.qfpack      # also/instead: the packed low-bit file
 
 CHECKPOINT is this project's checkpoint (``student_final.pt`` or a float one) or an arcface_torch
@@ -8,7 +8,8 @@ CHECKPOINT is this project's checkpoint (``student_final.pt`` or a float one) or
 size); the input spec is in its metadata.  ``--int8-weights`` stores 8-bit dense weights as int8 (the
 fastest form on CPUs with VNNI or ARM dot products; on other x86 CPUs onnxruntime's u8 x s8 kernels
 saturate with 8-bit weights, so by default they are stored as uint8 with zero point 128, exact
-everywhere).  ``--packed`` writes each quantized weight in its own bit width (``deploy.packed``).
+everywhere).  PReLUs are written as ``a*x + (1-a)*relu(x)``, which onnxruntime runs far faster than its
+``PRelu`` kernel; ``--native-prelu`` keeps ``PRelu`` (for runtimes that fuse it).  ``--packed`` writes each quantized weight in its own bit width (``deploy.packed``).
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--network", default=None, help="backbone name for checkpoints without metadata")
     parser.add_argument("--int8-weights", action="store_true",
                         help="8-bit dense weights as int8 (exact on VNNI / ARM dot-product CPUs only)")
+    parser.add_argument("--native-prelu", action="store_true", help="write PReLU as ONNX PRelu (default: "
+                        "a*x + (1-a)*relu(x), faster in onnxruntime)")
     args = parser.parse_args(argv)
     if not args.output and not args.packed:
         parser.error("nothing to write: give -o OUT.onnx and/or --packed OUT.qfpack")
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         label = bits_label(meta)
         if args.output:
             path = export_onnx(model, args.output, meta={**meta, "bits": label, "source": str(args.checkpoint)},
-                               int8_weights=args.int8_weights)
+                               int8_weights=args.int8_weights, native_prelu=args.native_prelu)
             print(f"wrote {path}: {label}, {path.stat().st_size / 1e6:.2f} MB "
                   f"({path.stat().st_size / 1e6 / fp32_mb:.3f}x the {fp32_mb:.2f} MB of fp32 parameters)")
         if args.packed:
