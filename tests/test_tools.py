@@ -64,7 +64,7 @@ def test_bench_deploy_times_every_variant_in_its_own_process(capsys):
     for variant in bench_deploy.VARIANTS:
         row = re.search(rf"^mbf\s+{variant}\s+({NUMBER})\s+(\d+)\s+({NUMBER})$", out, re.MULTILINE)
         assert row and float(row.group(1)) > 0 and float(row.group(3)) > 0, (variant, out)
-    for mine in (v[5:] for v in bench_deploy.OURS):
+    for mine in ("fp32 ours", *(v.removeprefix("ours ") for v in bench_deploy.OURS)):
         for base in ("fp32 onnxruntime", "quantize_static int8"):
             assert re.search(rf"^mbf\s+{mine}\s+/ {base}\s+{NUMBER}$", out, re.MULTILINE), out
     size = re.search(rf"size ours / fp32 onnx\s+({NUMBER})", out)

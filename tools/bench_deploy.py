@@ -3,10 +3,11 @@
     python -m tools.bench_deploy [--networks r18 r50 mbf vargfacenet] [--demo] [--batches 1 32] [--threads 1 2]
 
 Per backbone (random weights, BatchNorm statistics from one pass over generated faces: speed does not
-depend on the values) the float model is exported to fp32 ONNX, quantized by onnxruntime's
-``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations, 64 generated faces) and by this
-toolkit (``quant.post_training_quantize`` W8A8 deploy placement, BatchNorm folded, then
-``deploy.export_onnx``).  ``--demo`` adds the demo's pretrained teacher and its W8A8 student (the trained
+depend on the values) the float model is exported to fp32 ONNX as a user would (``PRelu`` nodes, as
+``torch.onnx.export`` writes them) and quantized by onnxruntime's ``quantize_static`` (QDQ, per-channel
+int8 weights, uint8 activations, 64 generated faces); ours: the same float model through
+``deploy.export_onnx`` (PReLU as ``a*x + (1-a)*relu(x)``) and the W8A8 students of
+``quant.post_training_quantize`` (deploy placement, BatchNorm folded) in the variants of ``OURS``.  ``--demo`` adds the demo's pretrained teacher and its W8A8 student (the trained
 ``work_dirs/demo_mbf_w8a8/student_final.pt`` when present, else calibration only).  Each variant is timed in
 its own process (images/s at every batch size and thread count, best of ``--repeats`` timed runs after a
 warm-up; peak resident memory of that process), so one variant's memory never counts against another.
@@ -35,10 +36,13 @@ from deploy.baseline import quantize_static_baseline
 from deploy.timing import images_per_s
 from utils.checkpoint import save_checkpoint
 
-# ours: the W8A8 deploy placement, changed as listed (7-bit weights export in int8 containers, see deploy.onnx_export)
-OURS = {"ours int8": {}, "ours int8 W7": {"weight_bits": 7}, "ours int8 PReLU-in": {"prelu_input": True},
-        "ours int8 W7 PReLU-in": {"weight_bits": 7, "prelu_input": True}}
-VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "quantize_static int8", *OURS)
+# ours: the W8A8 deploy placement, changed as listed (QuantConfig fields, export_onnx arguments): 7-bit weights
+# export in int8 containers (exact on every CPU), ``int8_weights`` puts 8-bit ones there (exact with VNNI only)
+OURS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "ours int8": ({}, {}), "ours int8 PReLU-in": ({"prelu_input": True}, {}),
+    "ours int8 W7 PReLU-in": ({"weight_bits": 7, "prelu_input": True}, {}),
+    "ours int8 I8w PReLU-in": ({"prelu_input": True}, {"int8_weights": True})}
+VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "fp32 ours", "quantize_static int8", *OURS)
 # pretrained teachers: asset, and the demo's trained W8A8 student when present (else calibration only)
 PRETRAINED = {"demo": ("mobilefacenet_tflite", Path("work_dirs/demo_mbf_w8a8/student_final.pt")),
               "dlib": ("dlib_resnet", Path("work_dirs/demo_dlib_w8a8/student_final.pt"))}
@@ -62,8 +66,9 @@ def _with_statistics(model: torch.nn.Module, faces: list[torch.Tensor]) -> torch
 def build_variants(name: str, work: Path) -> dict[str, Path]:
     """The model files of one network (the fp32 PyTorch one as a checkpoint).  Ours: one calibration per
     entry of ``OURS``; ``W7``: 7-bit weights, which export in int8 containers (exact on CPUs without VNNI),
-    where 8-bit weights need uint8 ones; ``PReLU-in``: each PReLU's input quantized too
-    (``quantize_prelu_input``), so the conv before it runs as an integer kernel."""
+    where 8-bit weights need uint8 ones; ``I8w``: 8-bit weights in int8 containers (exact with VNNI);
+    ``PReLU-in``: each PReLU's input quantized too (``quantize_prelu_input``), so the conv before it runs as
+    an integer kernel."""
     pretrained = name in PRETRAINED
     if pretrained:
         teacher = load_float_model(ensure_asset(PRETRAINED[name][0])).eval()
@@ -74,20 +79,22 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
     qcfg = quant.QuantConfig(bn_mode="frozen" if pretrained else "fold", equalize=pretrained,
                              bias_correction=pretrained)
     students = {variant: quant.post_training_quantize(teacher, dataclasses.replace(qcfg, **change), faces,
-                                                      len(faces)).student.eval() for variant, change in OURS.items()}
+                                                      len(faces)).student.eval()
+                for variant, (change, _) in OURS.items()}
     if pretrained and PRETRAINED[name][1].is_file():
         students["ours int8"] = quant.load_quantized(PRETRAINED[name][1]).eval()
     files = {"fp32 pytorch": work / f"{name}.pt", "fp32 onnxruntime": work / f"{name}_fp32.onnx",
-             "quantize_static int8": work / f"{name}_qs.onnx"}
+             "fp32 ours": work / f"{name}_fp32_ours.onnx", "quantize_static int8": work / f"{name}_qs.onnx"}
     files.update({variant: work / f"{name}_{variant.replace(' ', '_')}.onnx" for variant in OURS})
     if pretrained:
         files["fp32 pytorch"] = ensure_asset(PRETRAINED[name][0])
     else:
         save_checkpoint(files["fp32 pytorch"], teacher.state_dict(), {"network": name})
-    export_onnx(teacher, files["fp32 onnxruntime"])
+    export_onnx(teacher, files["fp32 onnxruntime"], native_prelu=True)
+    export_onnx(teacher, files["fp32 ours"])
     quantize_static_baseline(files["fp32 onnxruntime"], faces, files["quantize_static int8"])
     for variant, student in students.items():
-        export_onnx(student, files[variant])
+        export_onnx(student, files[variant], **OURS[variant][1])
     return files
 
 
@@ -132,10 +139,10 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
     lines.append("")
     lines.append("images/s ratios (" + ", ".join(keys) + "); file size ratio ours / fp32 onnx")
     for name, variants in results.items():
-        for mine in OURS:
+        for mine in ("fp32 ours", *OURS):
             for base in ("fp32 onnxruntime", "quantize_static int8"):
                 ratios = " ".join(f"{variants[mine]['rates'][k] / variants[base]['rates'][k]:9.2f}" for k in keys)
-                lines.append(f"{name:<12} {mine[5:]:<16} / {base:<22} {ratios}")
+                lines.append(f"{name:<12} {mine.removeprefix('ours '):<18} / {base:<22} {ratios}")
         ours = variants["ours int8"]
         lines.append(f"{name:<12} size ours / fp32 onnx      {ours['size_mb'] / variants['fp32 onnxruntime']['size_mb']:9.3f}")
     return "\n".join(lines)
