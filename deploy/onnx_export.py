@@ -248,9 +248,10 @@ class _Exporter:
             slope = slope.reshape((-1, 1, 1) if slope.numel() > 1 else (1,))
             if self.native_prelu:
                 return self.g.op("PRelu", [x, self.g.const(f"{where}.slope", slope.numpy())], where)
-            linear = self.g.op("Mul", [x, self.g.const(f"{where}.slope", slope.numpy())], f"{where}.linear")
-            positive = self.g.op("Mul", [self.g.op("Relu", [x], f"{where}.relu"),
-                                         self.g.const(f"{where}.rest", (1 - slope).numpy())], f"{where}.positive")
+            a = self.g.const(f"{where}.slope", slope.numpy())
+            rest = self.g.op("Sub", [self.g.const("one", np.ones(1, np.float32)), a], f"{where}.rest")  # folded at load
+            linear = self.g.op("Mul", [x, a], f"{where}.linear")
+            positive = self.g.op("Mul", [self.g.op("Relu", [x], f"{where}.relu"), rest], f"{where}.positive")
             return self.g.op("Add", [linear, positive], where)
         if isinstance(m, (Add, Mul)):
             return self.binary(node, m)
