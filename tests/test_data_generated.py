@@ -104,7 +104,9 @@ def test_generator_batches_resume_shard_and_ignore_batch_size(weights):
                 assert (image - full[i]).abs().max() <= 1.01 / 127.5
     assert set(larger) == set(full)
     unflipped = GeneratedFaces(weights, count=14, seed=7).generate(list(full)).float()
-    mirrored = [not torch.equal(full[i], (face - 127.5) / 127.5) for i, face in zip(full, unflipped)]
+    # mirrored: nearer the flipped face than the face (a face may differ by one level between batch sizes)
+    mirrored = [(full[i] - (face.flip(-1) - 127.5) / 127.5).abs().max() < (full[i] - (face - 127.5) / 127.5).abs().max()
+                for i, face in zip(full, unflipped)]
     assert all(torch.allclose(full[i], ((face.flip(-1) if m else face) - 127.5) / 127.5, atol=1.01 / 127.5)
                for i, face, m in zip(full, unflipped, mirrored))
     assert 0 < sum(mirrored) < 12
