@@ -96,6 +96,31 @@ def test_int8_students_agree_as_closely_as_float_rounding_allows(name, faces, tm
     assert ours.mean() >= baseline.mean() and ours.mean() > 0.7, (ours.mean(), baseline.mean())
 
 
+def test_a_narrow_grouped_conv_runs_in_float_and_the_rest_on_integer_kernels(faces, tmp_path):
+    """arcface_torch's mbf at scale 2 has a 3x3 conv with groups of 2 channels, for which onnxruntime's integer
+    kernel is 5x slower than float: the deploy placement gives it no input quantizer, so it runs as a float
+    ``Conv`` (its weights still 8-bit) while every depthwise conv stays a ``QLinearConv``."""
+    torch.manual_seed(0)
+    model = get_model("mbf", num_features=64, blocks=[1, 1, 1, 1], scale=2)
+    model.train()(torch.cat(faces[:2]))
+    qcfg = quant.QuantConfig(bn_mode="fold", prelu_input=True)
+    student = quant.post_training_quantize(model.eval(), qcfg, faces[:2], 2).student.eval()
+    path = export_onnx(student, tmp_path / "mbf_scale2.onnx")
+    _optimized_ops(path, tmp_path)
+    groups = {}
+    for node in onnx.load(str(tmp_path / "mbf_scale2.optimized.onnx")).graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if group > 1:
+            groups.setdefault(node.op_type, []).append(group)
+    assert groups.get("Conv") == [64] and len(groups["QLinearConv"]) == 7 and 64 not in groups["QLinearConv"], groups
+    x = faces[4][:8]
+    with torch.no_grad():
+        reference = student(x)
+        perturbed = student(x + 1e-5 * torch.randn_like(x, generator=torch.Generator().manual_seed(0)))
+    ours, baseline = cosine(OnnxModel(path)(x), reference), cosine(perturbed, reference)
+    assert ours.mean() >= baseline.mean() and ours.mean() > 0.7, (ours.mean(), baseline.mean())
+
+
 def test_int8_teacher_student_runs_on_integer_kernels_and_agrees_on_real_photos(faces, tmp_path):
     teacher = load_float_model(ensure_asset("mobilefacenet_tflite")).eval()
     spec = teacher.input_spec

@@ -104,6 +104,17 @@ def test_deploy_placement_quantizes_each_kernel_input_once() -> None:
     assert not student.add.output_quant.symmetric and int(student.add.output_quant.qmax) == 255
 
 
+def test_deploy_placement_leaves_narrow_grouped_convs_a_float_input() -> None:
+    """A grouped conv with 2 channels per group (onnxruntime's integer kernel is slower than float for it) gets
+    no input quantizer, its weights stay quantized; depthwise and wide-group convs keep their input quantizer."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(8), nn.Conv2d(8, 8, 3, padding=1, groups=4),
+                          nn.PReLU(8), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.PReLU(8),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=2))
+    assert placement(quantize_model(model, QuantConfig())) == {
+        "0.input_quant", "0.weight_quant", "2.weight_quant", "4.input_quant", "4.weight_quant",
+        "6.input_quant", "6.weight_quant"}
+
+
 class ReluNet(nn.Module):
     """The ReLU patterns of dlib's ResNet: conv -> ReLU, max pool and zero padding, a sum read by a ReLU."""
 
