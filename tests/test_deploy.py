@@ -26,6 +26,7 @@ from data import GeneratedFaces
 from data.realfaces import aligned_real_faces
 from deploy import ExportError, OnnxModel, OnnxModelError, export_onnx
 from deploy.baseline import quantize_static_baseline
+from deploy.cpu import has_vnni
 from deploy.loading import load_model_file
 from deploy.onnx_model import session_options
 from deploy.packed import load_packed, pack_bits, save_packed, unpack_bits
@@ -271,6 +272,18 @@ def test_bad_inputs_give_one_clear_error(faces, tmp_path, capsys):
     (tmp_path / "junk.qfpack").write_bytes(b"not a file of ours")
     with pytest.raises(CheckpointError, match="cannot read packed student .*junk.qfpack"):
         load_packed(tmp_path / "junk.qfpack")
+
+
+def test_export_tool_suggests_int8_weight_containers_on_vnni_cpus_only(faces, tmp_path, capsys):
+    """8-bit weights get uint8 containers by default (exact on AVX2, slow on VNNI): the tool says so where this
+    CPU has VNNI, and not once ``--int8-weights`` is given or elsewhere."""
+    qcfg = quant.QuantConfig(bn_mode="fold")
+    student = quant.post_training_quantize(realistic("mbf", faces), qcfg, faces[:2], 2).student
+    ckpt = quant.save_quantized(tmp_path / "student.pt", student, "mbf", SMALL["mbf"], qcfg)
+    for extra, expected in (([], has_vnni()), (["--int8-weights"], False)):
+        assert export_tool.main([str(ckpt), "-o", str(tmp_path / "student.onnx"), *extra]) == 0
+        out = capsys.readouterr().out
+        assert "wrote" in out and ("--int8-weights" in out) == expected, out
 
 
 def test_export_tool_and_eval_benchmarks_run_the_shipped_files(faces, tmp_path):

@@ -33,6 +33,7 @@ from backbones.spec import InputSpec
 from data import GeneratedFaces
 from deploy import OnnxModel, export_onnx
 from deploy.baseline import quantize_static_baseline
+from deploy.cpu import cpu_description
 from deploy.timing import images_per_s
 from utils.checkpoint import save_checkpoint
 
@@ -171,17 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {variant: _child(files[variant], size, args) for variant in VARIANTS}
             print(f"measured {name}\n{report({name: results[name]}, args)}", flush=True)
     print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, cpu "
-          f"{_cpu_name()}\n{report(results, args)}")
+          f"{cpu_description()}\n{report(results, args)}")
     return 0
-
-
-def _cpu_name() -> str:
-    """The CPU model and its best integer-kernel ISA (VNNI decides whether int8 weights are exact)."""
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-    flags = next((line for line in lines if line.startswith("flags")), "")
-    isa = [f for f in ("avx512_vnni", "avx512f", "avx2") if f" {f}" in flags]
-    return f"{name} ({isa[0] if isa else 'no AVX2'})"
 
 
 if __name__ == "__main__":
