@@ -58,6 +58,7 @@ def test_demo_pipeline_writes_a_sane_report(tmp_path: Path) -> None:
     assert table.count("calibration + block reconstruction") == (2 if "johns" in results[1]["distilled"] else 1)
     assert results[1]["reconstructed"]["real"]["cosine_mean"] > 0.5
     assert "int8 ONNX (onnxruntime)" in table and "quantize_static" in table and "ratio to fp32 ONNX teacher" in table
+    assert "teacher fp32 ONNX, this toolkit's export" in table
     assert (out / "report.png").stat().st_size > 10_000
 
 
