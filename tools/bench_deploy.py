@@ -7,7 +7,8 @@ depend on the values) the float model is exported to fp32 ONNX as a user would (
 ``torch.onnx.export`` writes them) and quantized by onnxruntime's ``quantize_static`` (QDQ, per-channel
 int8 weights, uint8 activations, 64 generated faces); ours: the same float model through
 ``deploy.export_onnx`` (PReLU as ``a*x + (1-a)*relu(x)``) and the W8A8 students of
-``quant.post_training_quantize`` (deploy placement, BatchNorm folded) in the variants of ``OURS``.  ``--demo`` adds the demo's pretrained teacher and its W8A8 student (the trained
+``quant.post_training_quantize`` (deploy placement, BatchNorm folded) in the variants of ``OURS``.
+``--demo`` adds the demo's pretrained teacher and its W8A8 student (the trained
 ``work_dirs/demo_mbf_w8a8/student_final.pt`` when present, else calibration only).  Each variant is timed in
 its own process (images/s at every batch size and thread count, best of ``--repeats`` timed runs after a
 warm-up; peak resident memory of that process), so one variant's memory never counts against another.

@@ -9,7 +9,8 @@ size); the input spec is in its metadata.  ``--int8-weights`` stores 8-bit dense
 fastest form on CPUs with VNNI or ARM dot products; on other x86 CPUs onnxruntime's u8 x s8 kernels
 saturate with 8-bit weights, so by default they are stored as uint8 with zero point 128, exact
 everywhere).  PReLUs are written as ``a*x + (1-a)*relu(x)``, which onnxruntime runs far faster than its
-``PRelu`` kernel; ``--native-prelu`` keeps ``PRelu`` (for runtimes that fuse it).  ``--packed`` writes each quantized weight in its own bit width (``deploy.packed``).
+``PRelu`` kernel; ``--native-prelu`` keeps ``PRelu`` (for runtimes that fuse it).  ``--packed`` writes each
+quantized weight in its own bit width (``deploy.packed``).
 """
 from __future__ import annotations
 
