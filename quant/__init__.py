@@ -26,7 +26,7 @@ Placement (``QuantConfig.mode``)
   sees quantized inputs exactly once).  PReLU stays float.
 * ``layer_bits`` overrides bits per module (fnmatch on dotted names, last match wins); 16/32 = float.
 
-Ranges: weights from their current min/max at every step (vectorised ``aminmax``; cached in eval
+Ranges: weights from their current min/max at every step (vectorised ``amin``/``amax``; cached in eval
 until the weight changes) or learned (``weight_observer="lsq"``); activations from running min/max,
 EMA, percentile, or LSQ+ (initialised by the ``lsq_init`` estimator, then learned once observers freeze).
 Observers start enabled; ``freeze_observers``/``calibrate`` stop them (after ``sync_observers``).
