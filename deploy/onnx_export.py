@@ -44,7 +44,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import quant
 from backbones.layers import Add, ChannelPad, Mul
 from backbones.spec import input_spec_of
-from quant.layers import QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, QuantReLU, bias_scale, input_scale
+from quant.layers import (QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, QuantReLU, QuantWeighted,
+                          bias_scale, input_scale)
 from quant.quantizer import FakeQuantizer, used_scale
 from utils.fileio import atomic_write_bytes
 from utils.modes import eval_mode
@@ -165,6 +166,19 @@ def _requantize(g: _Graph, x: str, q: FakeQuantizer, where: str | None = None) -
 
 
 SAFE_INT8_BITS = 7  # |w| <= 63: two uint8 x int8 products never leave int16
+
+
+def int8_container(m: nn.Conv2d | nn.Linear, int8_weights: bool) -> bool:
+    """Whether the quantized weights of ``m`` are written as int8 (else uint8 with zero point 128): with
+    ``int8_weights``, for depthwise convs (no pair sums) and for weights of ``SAFE_INT8_BITS`` or fewer."""
+    depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    return int8_weights or depthwise or m.weight_quant.num_bits <= SAFE_INT8_BITS
+
+
+def uint8_weight_layers(model: nn.Module) -> list[str]:
+    """The layers whose 8-bit weights an export without ``int8_weights`` writes in uint8 containers."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, QuantWeighted) and m.weight_quant is not None and not int8_container(m, False)]
 
 
 def _weight_ints(layer: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,9 +371,8 @@ class _Exporter:
         ints, scale = _weight_ints(m, where)
         view = (-1,) + (1,) * (m.weight.dim() - 1)
         ints, scale = ints * torch.sign(a).view(view).long(), scale * a.abs()  # BN folded exactly
-        depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
         inputs = [None, self.g.const(f"{where}.weight_scale", scale.float().numpy())]
-        if self.int8_weights or depthwise or m.weight_quant.num_bits <= SAFE_INT8_BITS:
+        if int8_container(m, self.int8_weights):
             inputs[0] = self.g.const(f"{where}.weight", ints.to(torch.int8).numpy())
             if isinstance(m, nn.Linear):  # onnxruntime fuses Gemm into QGemm only with an explicit zero point
                 inputs.append(self.g.const(f"{where}.weight_zero", np.zeros(len(scale), np.int8)))
