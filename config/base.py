@@ -33,6 +33,7 @@ layer_bits = {}               # mixed precision: {"module-name glob": [weight_bi
 bias_correction = False       # after calibration (needs calibration_batches >= 1), give each quantized layer's bias back the mean output shift quantization caused
 equalize = False              # rescale channels between adjacent layers (exact through PReLU/ReLU) so per-tensor activation ranges fit every channel; uses the first training batches
 quantize_prelu_input = False  # quant_mode="deploy": quantize each PReLU's input too, so the conv before it runs as an integer kernel (the PReLU itself in float between them)
+float_conv_inputs = False     # quant_mode="deploy" (PReLU inputs float): leave the inputs of the convs a PReLU reads unquantized too; onnxruntime runs those convs in float anyway, so this is faster and more faithful, but those activations are not act_bits (label "+fci")
 bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
 
 # ---- block reconstruction (BRECQ / QDrop: after calibration, before distillation) -----------------

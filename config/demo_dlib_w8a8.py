@@ -6,3 +6,4 @@ network = "dlib_resnet"       # the converted dlib model (python -m tools.fetch_
 embedding_size = 128
 teacher = "{assets_dir}/dlib_resnet.pt"
 output = "work_dirs/demo_dlib_w8a8"
+float_conv_inputs = False     # a ReLU network: no conv is read by a PReLU

@@ -8,6 +8,7 @@ data_source = "generator"
 bn_mode = "frozen"            # BatchNorm is folded into its convolutions: nothing to update
 equalize = True               # folded BatchNorm leaves channels of very different ranges: equalise them first
 bias_correction = True        # observe ranges on the first batches, correct the biases, then distil
+float_conv_inputs = True      # convs a PReLU reads run in float on onnxruntime: leave their inputs float too (W8A8+fci)
 weight_bits = 8
 act_bits = 8
 act_observer = "lsq"          # observed ranges, then learned with the weights

@@ -60,6 +60,7 @@ class QuantConfig:
     equalize: bool = False
     bias_correction: bool = False
     prelu_input: bool = False
+    float_conv_inputs: bool = False
 
     def __post_init__(self) -> None:
         self.layer_bits = {str(k): [int(b) for b in v] if isinstance(v, (list, tuple)) else v
@@ -77,7 +78,7 @@ class QuantConfig:
         _check_choice("act_observer", self.act_observer, ACT_OBSERVERS)
         _check_choice("lsq_init", self.lsq_init, LSQ_INITS)
         _check_choice("bn_mode", self.bn_mode, BN_MODES)
-        for flag in ("equalize", "bias_correction", "weight_symmetric", "prelu_input"):
+        for flag in ("equalize", "bias_correction", "weight_symmetric", "prelu_input", "float_conv_inputs"):
             if not isinstance(getattr(self, flag), bool):
                 raise QuantConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.mode == "quantface" and self.weight_symmetric:
@@ -87,6 +88,9 @@ class QuantConfig:
         if self.prelu_input and self.mode != "deploy":
             raise QuantConfigError("quantize_prelu_input=True is a quant_mode='deploy' placement (the paper's "
                                    "quantface mode quantizes PReLU outputs); set quant_mode='deploy'")
+        if self.float_conv_inputs and (self.mode != "deploy" or self.prelu_input):
+            raise QuantConfigError("float_conv_inputs=True applies to quant_mode='deploy' with quantize_prelu_input="
+                                   "False (the convs whose output a float PReLU reads); change one of the three")
         if not 50.0 < float(self.act_percentile) <= 100.0:
             raise QuantConfigError(f"act_percentile={self.act_percentile} must be in (50, 100], e.g. 99.99")
         if not 0.0 < float(self.ema_momentum) <= 1.0:
@@ -106,7 +110,7 @@ class QuantConfig:
                  "act_observer": "act_observer", "lsq_init": "lsq_init", "act_percentile": "act_percentile",
                  "ema_momentum": "ema_momentum", "layer_bits": "layer_bits", "bn_mode": "bn_mode",
                  "equalize": "equalize", "bias_correction": "bias_correction",
-                 "prelu_input": "quantize_prelu_input"}
+                 "prelu_input": "quantize_prelu_input", "float_conv_inputs": "float_conv_inputs"}
         return cls(**{attr: cfg[key] for attr, key in names.items() if key in cfg})
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,4 +131,4 @@ class QuantConfig:
     def describe(self) -> str:
         """Short label such as ``W8A8`` or ``W4A4+mixed``."""
         label = f"W{self.weight_bits}A{self.act_bits}"
-        return label + ("+mixed" if self.layer_bits else "")
+        return label + ("+mixed" if self.layer_bits else "") + ("+fci" if self.float_conv_inputs else "")

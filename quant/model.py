@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from quant.bn import fold_batchnorms, freeze_batchnorms
 from quant.config import QuantConfig, is_float_bits
@@ -25,6 +26,15 @@ MIN_INTEGER_GROUP_CHANNELS = 4
 def _narrow_groups(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels and m.in_channels // m.groups < \
         MIN_INTEGER_GROUP_CHANNELS
+
+
+def _read_by_float_prelus(graph: ModelGraph, name: str) -> bool:
+    """Whether every reader of module ``name``'s output (through BatchNorms) is a PReLU (whose input the
+    default deploy placement leaves float): then onnxruntime runs that conv in float whatever its input."""
+    users = graph.consumers(name)
+    return bool(users) and all(
+        u is not None and (isinstance(graph.modules[u], nn.PReLU) or (
+            isinstance(graph.modules[u], _BatchNorm) and _read_by_float_prelus(graph, u))) for u in users)
 
 
 class QuantizeError(ValueError):
@@ -92,7 +102,8 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
         for name, plan in plans.items():
             if (isinstance(targets[name], nn.PReLU) and not qcfg.prelu_input) or is_float_bits(plan.act_bits):
                 continue
-            if _narrow_groups(targets[name]):
+            if _narrow_groups(targets[name]) or (qcfg.float_conv_inputs and graph is not None and isinstance(
+                    targets[name], (nn.Conv2d, nn.Linear)) and _read_by_float_prelus(graph, name)):
                 plan.inputs = (False,)
                 continue
             sources = graph.input_sources(name) if graph is not None else []

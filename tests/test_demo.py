@@ -33,7 +33,7 @@ def test_demo_pipeline_writes_a_sane_report(tmp_path: Path) -> None:
     assert demo_report.main([*map(str, configs), "--out", str(out), "--holdout-count", "8"]) == 0
 
     results = json.loads((out / "report.json").read_text())
-    assert [r["bits"] for r in results] == ["W8A8", "W4A4+mixed"]
+    assert [r["bits"] for r in results] == ["W8A8+fci", "W4A4+mixed"]
     for r in results:
         assert math.isclose(r["teacher_mb"], 5.171968, rel_tol=1e-3)  # 1.29 M float parameters
         for kind in ("ptq", "distilled"):

@@ -121,6 +121,27 @@ def test_a_narrow_grouped_conv_runs_in_float_and_the_rest_on_integer_kernels(fac
     assert_agrees_beyond_chaos(OnnxModel(path), student, faces[4][:8])
 
 
+@pytest.mark.parametrize("fci", [False, True])
+def test_convs_that_run_in_float_get_constant_weights_onnxruntime_folds(fci, faces, tmp_path):
+    """A conv whose output a float PReLU reads runs as a float ``Conv``: its weights are written as
+    ``Mul(Cast(int8), scale)``, which onnxruntime folds at load, so no weight is dequantized at every call
+    (with ``float_conv_inputs`` its input is float too); the other convs stay integer kernels."""
+    qcfg = quant.QuantConfig(bn_mode="fold", float_conv_inputs=fci)
+    student = quant.post_training_quantize(realistic("mbf", faces), qcfg, faces[:4], 4).student.eval()
+    path = export_onnx(student, tmp_path / "mbf.onnx")
+    graph = onnx.load(str(path)).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    weights = [producer.get(node.input[1]) for node in graph.node if node.op_type == "Conv"]
+    ops = _optimized_ops(path, tmp_path)
+    optimized = onnx.load(str(tmp_path / "mbf.optimized.onnx")).graph
+    constants = {t.name for t in optimized.initializer}
+    assert not [n.name for n in optimized.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
+    # each conv left with a dequantized weight became an integer kernel; each other one has constant weights
+    assert ops.count("QLinearConv") == weights.count("DequantizeLinear") >= 4 and weights.count("Mul") >= 8, weights
+    assert "QGemm" in ops
+    assert_agrees_beyond_chaos(OnnxModel(path), student, faces[4][:8])
+
+
 def test_int8_teacher_student_runs_on_integer_kernels_and_agrees_on_real_photos(faces, tmp_path):
     teacher = load_float_model(ensure_asset("mobilefacenet_tflite")).eval()
     spec = teacher.input_spec

@@ -176,6 +176,19 @@ def test_deploy_placement_with_prelu_inputs_quantized(r100: nn.Module) -> None:
     assert QuantConfig.from_config(load_config(None, ["quantize_prelu_input=true"])).prelu_input is True
 
 
+def test_float_conv_inputs_leaves_float_exactly_the_inputs_of_convs_a_prelu_reads(r100: nn.Module) -> None:
+    plain, fci = placement(quantize_model(r100, QuantConfig())), placement(
+        quantize_model(r100, QuantConfig(float_conv_inputs=True)))
+    # the stem conv (-> bn1 -> prelu) and each block's conv1 (-> bn2 -> prelu); conv2, downsamples, fc keep theirs
+    blocks = [n.removesuffix(".conv1") for n, m in r100.named_modules() if n.endswith(".conv1")]
+    assert len(blocks) == 49 and plain - fci == {"conv1.input_quant", *(f"{b}.conv1.input_quant" for b in blocks)}
+    assert fci < plain and QuantConfig(float_conv_inputs=True).describe() == "W8A8+fci"
+    for wrong in ({"mode": "quantface"}, {"prelu_input": True}):
+        with pytest.raises(QuantConfigError, match="float_conv_inputs=True applies to quant_mode='deploy' with "):
+            QuantConfig(float_conv_inputs=True, **wrong)
+    assert QuantConfig.from_config(load_config(None, ["float_conv_inputs=true"])).float_conv_inputs is True
+
+
 def test_state_dict_keeps_float_keys_and_float_model_is_untouched() -> None:
     float_model = tiny()
     before = {k: v.clone() for k, v in float_model.state_dict().items()}

@@ -36,12 +36,14 @@ from deploy import OnnxModel, export_onnx
 from deploy.baseline import quantize_static_baseline
 from deploy.cpu import cpu_description
 from deploy.timing import images_per_s
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import read_checkpoint, save_checkpoint
 
 # ours: the W8A8 deploy placement, changed as listed (QuantConfig fields, export_onnx arguments): 7-bit weights
 # export in int8 containers (exact on every CPU), ``int8_weights`` puts 8-bit ones there (exact with VNNI only)
 OURS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "ours int8": ({}, {}), "ours int8 PReLU-in": ({"prelu_input": True}, {}),
+    "ours int8": ({}, {}), "ours int8 fci": ({"float_conv_inputs": True}, {}),
+    "ours int8 I8w fci": ({"float_conv_inputs": True}, {"int8_weights": True}),
+    "ours int8 PReLU-in": ({"prelu_input": True}, {}),
     "ours int8 W7 PReLU-in": ({"weight_bits": 7, "prelu_input": True}, {}),
     "ours int8 I8w PReLU-in": ({"prelu_input": True}, {"int8_weights": True})}
 VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "fp32 ours", "quantize_static int8", *OURS)
@@ -70,7 +72,8 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
     entry of ``OURS``; ``W7``: 7-bit weights, which export in int8 containers (exact on CPUs without VNNI),
     where 8-bit weights need uint8 ones; ``I8w``: 8-bit weights in int8 containers (exact with VNNI);
     ``PReLU-in``: each PReLU's input quantized too (``quantize_prelu_input``), so the conv before it runs as
-    an integer kernel."""
+    an integer kernel; ``fci``: the inputs of the convs a (float) PReLU reads left float too
+    (``float_conv_inputs``).  A trained demo student replaces the variant of its own placement."""
     pretrained = name in PRETRAINED
     if pretrained:
         teacher = load_float_model(ensure_asset(PRETRAINED[name][0])).eval()
@@ -84,7 +87,8 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
                                                       len(faces)).student.eval()
                 for variant, (change, _) in OURS.items()}
     if pretrained and PRETRAINED[name][1].is_file():
-        students["ours int8"] = quant.load_quantized(PRETRAINED[name][1]).eval()
+        fci = read_checkpoint(PRETRAINED[name][1])[1]["quant"].get("float_conv_inputs")
+        students[f"ours int8{' fci' if fci else ''}"] = quant.load_quantized(PRETRAINED[name][1]).eval()
     files = {"fp32 pytorch": work / f"{name}.pt", "fp32 onnxruntime": work / f"{name}_fp32.onnx",
              "fp32 ours": work / f"{name}_fp32_ours.onnx", "quantize_static int8": work / f"{name}_qs.onnx"}
     files.update({variant: work / f"{name}_{variant.replace(' ', '_')}.onnx" for variant in OURS})
