@@ -17,3 +17,4 @@ warmup_steps = 50
 num_steps = 3000
 save_every = 500
 output = "work_dirs/vargfacenet_from_mfn_tflite"
+float_conv_inputs = False     # every activation at 8 bits (the W8A8 demo it builds on leaves some float)
