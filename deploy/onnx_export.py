@@ -45,7 +45,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import quant
 from backbones.layers import Add, ChannelPad, Mul
 from backbones.spec import input_spec_of
-from quant.layers import (QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, QuantReLU, QuantWeighted,
+from quant.layers import (QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPReLU, QuantReLU,
                           bias_scale, input_scale)
 from quant.quantizer import FakeQuantizer, used_scale
 from utils.fileio import atomic_write_bytes
@@ -237,10 +237,13 @@ def int8_container(m: nn.Conv2d | nn.Linear, int8_weights: bool) -> bool:
     return int8_weights or depthwise or m.weight_quant.num_bits <= SAFE_INT8_BITS
 
 
-def uint8_weight_layers(model: nn.Module) -> list[str]:
-    """The layers whose 8-bit weights an export without ``int8_weights`` writes in uint8 containers."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, QuantWeighted) and m.weight_quant is not None and not int8_container(m, False)]
+def uint8_weight_layers(proto: onnx.ModelProto) -> list[str]:
+    """The layers of an exported file whose weights sit in uint8 containers (read from the file: a conv that
+    runs in float has its weights as int8 constants whatever ``int8_container`` chose)."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    return [node.name.rsplit(".weight_dq", 1)[0] for node in proto.graph.node
+            if node.op_type == "DequantizeLinear" and node.input[0] in inits
+            and inits[node.input[0]].data_type == TensorProto.UINT8 and len(inits[node.input[0]].dims) > 1]
 
 
 def _weight_ints(layer: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ from deploy import ExportError, OnnxModel, OnnxModelError, export_onnx
 from deploy.baseline import quantize_static_baseline
 from deploy.cpu import has_vnni
 from deploy.loading import load_model_file
+from deploy.onnx_export import uint8_weight_layers
 from deploy.onnx_model import session_options
 from deploy.packed import load_packed, pack_bits, save_packed, unpack_bits
 from eval.verification import write_bin
@@ -299,6 +300,14 @@ def test_export_tool_suggests_int8_weight_containers_on_vnni_cpus_only(faces, tm
         assert export_tool.main([str(ckpt), "-o", str(tmp_path / "student.onnx"), *extra]) == 0
         out = capsys.readouterr().out
         assert "wrote" in out and ("--int8-weights" in out) == expected, out
+        assert bool(uint8_weight_layers(onnx.load(str(tmp_path / "student.onnx")))) == (not extra)
+    # weights quantized, activations float: every conv runs in float, its weights int8 constants: no note
+    w8 = quant.QuantConfig(act_bits=32, bn_mode="fold")
+    ckpt = quant.save_quantized(tmp_path / "w8.pt", quant.quantize_model(realistic("mbf", faces), w8), "mbf",
+                                SMALL["mbf"], w8)
+    assert export_tool.main([str(ckpt), "-o", str(tmp_path / "w8.onnx")]) == 0
+    assert "--int8-weights" not in capsys.readouterr().out
+    assert uint8_weight_layers(onnx.load(str(tmp_path / "w8.onnx"))) == []
 
 
 def test_export_tool_and_eval_benchmarks_run_the_shipped_files(faces, tmp_path):

@@ -18,6 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import onnx
+
 import quant
 from deploy import ExportError, export_onnx
 from deploy.cpu import has_vnni
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                int8_weights=args.int8_weights, native_prelu=args.native_prelu)
             print(f"wrote {path}: {label}, {path.stat().st_size / 1e6:.2f} MB "
                   f"({path.stat().st_size / 1e6 / fp32_mb:.3f}x the {fp32_mb:.2f} MB of fp32 parameters)")
-            if not args.int8_weights and has_vnni() and uint8_weight_layers(model):
+            if not args.int8_weights and has_vnni() and uint8_weight_layers(onnx.load(str(path))):
                 print("note: this CPU has VNNI; for VNNI targets export with --int8-weights: the uint8 weight "
                       "containers 8-bit weights get by default (exact on AVX2) run onnxruntime's slower uint8 x "
                       "uint8 kernels there (README, Deployment)")
