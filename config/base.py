@@ -34,6 +34,7 @@ bias_correction = False       # after calibration (needs calibration_batches >= 
 equalize = False              # rescale channels between adjacent layers (exact through PReLU/ReLU) so per-tensor activation ranges fit every channel; uses the first training batches
 quantize_prelu_input = False  # quant_mode="deploy": quantize each PReLU's input too, so the conv before it runs as an integer kernel (the PReLU itself in float between them)
 float_conv_inputs = False     # quant_mode="deploy" (PReLU inputs float): leave the inputs of the convs a PReLU reads unquantized too; onnxruntime runs those convs in float anyway, so this is faster and more faithful, but those activations are not act_bits (label "+fci")
+share_input_quantizers = True  # quant_mode="deploy": layers reading one tensor (a block's expansion conv and residual sum) read it through one quantizer: one QuantizeLinear in the int8 file, so the conv producing it runs as an integer kernel
 bn_mode = "train"             # BatchNorm in the student: train (QuantFace) | frozen (statistics fixed) | fold (into the conv where exact)
 
 # ---- block reconstruction (BRECQ / QDrop: after calibration, before distillation) -----------------

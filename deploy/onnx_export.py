@@ -78,6 +78,8 @@ class _Graph:
     grid: dict[str, FakeQuantizer] = field(default_factory=dict)  # DQ output -> the quantizer it came from
     # output of a grid-preserving op (pad, max pool, flatten) -> (its input, how to emit the op on another input)
     passes: dict[str, tuple[str, Callable[[str], str]]] = field(default_factory=dict)
+    # (tensor, id of its quantizer) -> the DQ output: readers sharing one quantizer share one Q/DQ pair
+    quantized: dict[tuple[str, int], str] = field(default_factory=dict)
 
     def name(self, hint: str) -> str:
         self.count += 1
@@ -207,10 +209,14 @@ def _quantize_act(g: _Graph, x: str, q: FakeQuantizer | None, where: str) -> str
     producer's output is integer, as onnxruntime's QLinear kernels need."""
     if q is None:
         return x
-    if x in g.passes:
-        source, emit = g.passes[x]
-        return _requantize(g, emit(_quantize_act(g, source, q, where)), q)
-    return _requantize(g, x, q, where)
+    key = (x, id(q))
+    if key not in g.quantized:
+        if x in g.passes:
+            source, emit = g.passes[x]
+            g.quantized[key] = _requantize(g, emit(_quantize_act(g, source, q, where)), q)
+        else:
+            g.quantized[key] = _requantize(g, x, q, where)
+    return g.quantized[key]
 
 
 def _requantize(g: _Graph, x: str, q: FakeQuantizer, where: str | None = None) -> str:

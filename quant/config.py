@@ -61,6 +61,7 @@ class QuantConfig:
     bias_correction: bool = False
     prelu_input: bool = False
     float_conv_inputs: bool = False
+    share_input_quantizers: bool = True
 
     def __post_init__(self) -> None:
         self.layer_bits = {str(k): [int(b) for b in v] if isinstance(v, (list, tuple)) else v
@@ -78,7 +79,8 @@ class QuantConfig:
         _check_choice("act_observer", self.act_observer, ACT_OBSERVERS)
         _check_choice("lsq_init", self.lsq_init, LSQ_INITS)
         _check_choice("bn_mode", self.bn_mode, BN_MODES)
-        for flag in ("equalize", "bias_correction", "weight_symmetric", "prelu_input", "float_conv_inputs"):
+        for flag in ("equalize", "bias_correction", "weight_symmetric", "prelu_input", "float_conv_inputs",
+                     "share_input_quantizers"):
             if not isinstance(getattr(self, flag), bool):
                 raise QuantConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.mode == "quantface" and self.weight_symmetric:
@@ -110,7 +112,8 @@ class QuantConfig:
                  "act_observer": "act_observer", "lsq_init": "lsq_init", "act_percentile": "act_percentile",
                  "ema_momentum": "ema_momentum", "layer_bits": "layer_bits", "bn_mode": "bn_mode",
                  "equalize": "equalize", "bias_correction": "bias_correction",
-                 "prelu_input": "quantize_prelu_input", "float_conv_inputs": "float_conv_inputs"}
+                 "prelu_input": "quantize_prelu_input", "float_conv_inputs": "float_conv_inputs",
+                 "share_input_quantizers": "share_input_quantizers"}
         return cls(**{attr: cfg[key] for attr, key in names.items() if key in cfg})
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,14 +122,15 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "QuantConfig":
-        """Inverse of ``to_dict``; unknown keys are an error naming the closest valid one."""
+        """Inverse of ``to_dict``; unknown keys are an error naming the closest valid one.  Metadata written
+        before ``share_input_quantizers`` existed describes students with one quantizer per input: False."""
         valid = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in valid:
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise QuantConfigError(f"unknown quantization setting '{key}'{hint} (valid: {', '.join(valid)})")
-        return cls(**dict(data))
+        return cls(**{"share_input_quantizers": False, **dict(data)})
 
     def describe(self) -> str:
         """Short label such as ``W8A8`` or ``W4A4+mixed``."""

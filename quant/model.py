@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Iterator
 
-from torch import nn
+from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from quant.bn import fold_batchnorms, freeze_batchnorms
@@ -114,6 +114,24 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
     return plans
 
 
+def _shared_inputs(graph: ModelGraph | None, plans: dict[str, _Plan]) -> list[list[tuple[str, int]]]:
+    """Deploy: the quantized inputs that read one and the same tensor, as ``(module, input index)`` groups of
+    two or more at one bit width.  Each group gets one quantizer: in the exported graph that is one
+    QuantizeLinear, so the conv producing the tensor has the single quantized reader onnxruntime needs to
+    run it as an integer kernel (two readers, e.g. a MobileFaceNet block's expansion conv and residual sum,
+    leave it in float)."""
+    readers: dict[fx.Node, list[tuple[str, int]]] = {}
+    for name, plan in plans.items():
+        sites = graph.call_sites.get(name, []) if graph is not None else []
+        if len(sites) != 1:
+            continue
+        for index, arg in enumerate(sites[0].args[:len(plan.inputs)]):
+            if plan.inputs[index] and isinstance(arg, fx.Node):
+                readers.setdefault(arg, []).append((name, index))
+    return [group for group in readers.values()
+            if len(group) > 1 and len({plans[name].act_bits for name, _ in group}) == 1]
+
+
 def _act(plan: _Plan, qcfg: QuantConfig, name: str, on: bool, nonnegative: bool = False) -> FakeQuantizer | None:
     if not on:
         return None
@@ -121,7 +139,8 @@ def _act(plan: _Plan, qcfg: QuantConfig, name: str, on: bool, nonnegative: bool 
                          qcfg.lsq_init, nonnegative)
 
 
-def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig) -> None:
+def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig,
+            shared: list[list[tuple[str, int]]]) -> None:
     tensors = [*model.parameters(), *model.buffers()]
     device = tensors[0].device if tensors else None
     learnable = qcfg.weight_observer == "lsq"
@@ -139,6 +158,12 @@ def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig) -> Non
         attach_quantizers(module, weight, inputs, output)
         if device is not None:
             module.to(device)
+    for (first, first_index), *rest in shared:  # one module, registered under each reader's name
+        owner = model.get_submodule(first)
+        quantizer = getattr(owner, owner.input_names[first_index])
+        for name, index in rest:
+            reader = model.get_submodule(name)
+            reader.register_module(reader.input_names[index], quantizer)
     if qcfg.mode != "deploy":
         return
     for name, plan in plans.items():  # int32 bias at s_in * s_w, as the int8 kernel adds it
@@ -175,5 +200,7 @@ def quantize_inplace(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
             graph.modules = dict(model.named_modules())
     elif qcfg.bn_mode == "frozen":
         freeze_batchnorms(model)
-    _attach(model, _plan(model, graph, qcfg), qcfg)
+    plans = _plan(model, graph, qcfg)
+    share = qcfg.mode == "deploy" and qcfg.share_input_quantizers
+    _attach(model, plans, qcfg, _shared_inputs(graph, plans) if share else [])
     return model

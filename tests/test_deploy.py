@@ -344,3 +344,17 @@ def test_quantize_static_baseline_takes_relative_paths(faces, tmp_path, monkeypa
     assert (tmp_path / "runs" / "qs.onnx").is_file() and model(faces[4][:2]).shape == (2, 64)
     ops = {node.op_type for node in onnx.load(out).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_a_tensor_two_layers_read_is_quantized_once_so_its_conv_runs_on_an_integer_kernel(share, faces, tmp_path):
+    """arcface_torch's mbf with PReLU inputs quantized: each stage's first residual block reads the projection
+    conv before it twice (expansion conv and residual sum).  With one shared quantizer there is one
+    QuantizeLinear and onnxruntime makes that conv a ``QLinearConv``: no float conv is left.  With one
+    quantizer per reader (older students) the three projection convs run in float."""
+    qcfg = quant.QuantConfig(bn_mode="fold", prelu_input=True, share_input_quantizers=share)
+    student = quant.post_training_quantize(realistic("mbf", faces), qcfg, faces[:2], 2).student.eval()
+    path = export_onnx(student, tmp_path / "mbf.onnx")
+    ops = _optimized_ops(path, tmp_path)
+    assert ops.count("Conv") == (0 if share else 3) and ops.count("QLinearConv") == 22 - ops.count("Conv"), ops
+    assert_agrees_beyond_chaos(OnnxModel(path), student, faces[4][:8])

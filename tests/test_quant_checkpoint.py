@@ -79,3 +79,30 @@ def test_checkpoint_with_other_bit_widths_is_refused(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "typo.pt", state, {"network": "r18", "quant": {**qcfg.to_dict(), "bn_mode": "fodl"}})
     with pytest.raises(CheckpointError, match="typo.pt.*did you mean 'fold'"):
         load_quantized(tmp_path / "typo.pt")
+
+
+def test_shared_input_quantizers_round_trip_and_older_checkpoints_keep_separate_ones(tmp_path: Path) -> None:
+    """Learned step sizes: a shared quantizer is one parameter after loading; a checkpoint written before
+    ``share_input_quantizers`` existed (no such key in its metadata) rebuilds one quantizer per reader, so
+    its two learned scales both survive."""
+    kwargs, x = {"num_features": 64, "blocks": [1, 1, 1, 1]}, torch.randn(2, 3, 112, 112)
+    names = ("layers.3.layers.0.layers.0.layers.0.input_quant.scale", "layers.3.layers.0.add.input1_quant.scale")
+    for share in (True, False):
+        qcfg = QuantConfig(act_observer="lsq", share_input_quantizers=share)
+        torch.manual_seed(0)
+        student = quantize_model(get_model("mbf", **kwargs), qcfg)
+        calibrate(student, [torch.randn(2, 3, 112, 112)])
+        with torch.no_grad():
+            student.get_parameter(names[0]).mul_(1.1)  # as training moves a learned step
+        student.eval()
+        path = save_quantized(tmp_path / f"share_{share}.pt", student, "mbf", kwargs, qcfg)
+        if not share:  # what an older checkpoint of this placement holds: no key
+            state, meta = read_checkpoint(path)
+            del meta["quant"]["share_input_quantizers"]
+            path = save_checkpoint(tmp_path / "old.pt", state, meta)
+        loaded = load_quantized(path).eval()
+        scales = [loaded.get_parameter(n) for n in names]
+        assert (scales[0] is scales[1]) is share and torch.equal(scales[0], student.get_parameter(names[0]))
+        assert share or not torch.equal(scales[0], scales[1])
+        with torch.no_grad():
+            assert torch.equal(loaded(x), student(x))

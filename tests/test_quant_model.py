@@ -383,3 +383,24 @@ def test_students_train_under_autocast(observer: str) -> None:
         out.float().square().sum().backward()
     assert float(student.conv1.weight.grad.abs().sum()) > 0
     assert student.add.output_quant.estimator.min_val.dtype == torch.float32
+
+
+def test_readers_of_one_tensor_share_one_input_quantizer() -> None:
+    """arcface_torch's mbf: each stage's first residual block reads the previous projection's output twice
+    (its expansion conv and its residual sum); both read it through one quantizer, so the exported graph has
+    one QuantizeLinear there (tests/test_deploy.py checks what onnxruntime makes of it)."""
+    model = get_model("mbf", num_features=64, blocks=[1, 1, 1, 1]).eval()
+    shared, separate = quantize_model(model, QuantConfig()), quantize_model(
+        model, QuantConfig(share_input_quantizers=False))
+    for student, same in ((shared, True), (separate, False)):
+        modules = dict(student.named_modules(remove_duplicate=False))
+        for stage in (3, 5, 7):
+            conv = modules[f"layers.{stage}.layers.0.layers.0.layers.0.input_quant"]
+            assert isinstance(conv, FakeQuantizer) and (conv is modules[f"layers.{stage}.layers.0.add.input1_quant"]) \
+                is same
+    everywhere = [n for n, m in shared.named_modules(remove_duplicate=False) if isinstance(m, FakeQuantizer)]
+    assert len(placement(shared)) == len(placement(separate)) - 3 == len(everywhere) - 3
+    assert shared.state_dict().keys() == separate.state_dict().keys()  # each reader keeps its key path
+    assert not quantize_model(model, QuantConfig(float_conv_inputs=True)).layers[3].layers[0].layers[0].layers[
+        0].input_quant  # with float conv inputs the conv reads float: nothing to share
+    assert QuantConfig.from_config(load_config(None, ["share_input_quantizers=false"])).share_input_quantizers is False
