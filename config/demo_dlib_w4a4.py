@@ -4,4 +4,5 @@ _base_ = "demo_dlib_w8a8.py"
 weight_bits = 4
 act_bits = 4
 lsq_init = "percentile"       # below 8 bits, clipping the rarest 0.01% of values beats covering them
+act_percentile = 99.99
 output = "work_dirs/demo_dlib_w4a4"

@@ -4,5 +4,6 @@ _base_ = "demo_mbf_w8a8.py"
 weight_bits = 4
 act_bits = 4
 lsq_init = "percentile"       # below 8 bits, clipping the rarest 0.01% of values beats covering them
+act_percentile = 99.99
 output = "work_dirs/demo_mbf_w4a4"
 float_conv_inputs = False     # every activation at the config's width (the W8A8 demo leaves some float)
