@@ -120,9 +120,11 @@ def _shared_inputs(graph: ModelGraph | None, plans: dict[str, _Plan]) -> list[li
     QuantizeLinear, so the conv producing the tensor has the single quantized reader onnxruntime needs to
     run it as an integer kernel (two readers, e.g. a MobileFaceNet block's expansion conv and residual sum,
     leave it in float)."""
+    if graph is None:
+        return []
     readers: dict[fx.Node, list[tuple[str, int]]] = {}
     for name, plan in plans.items():
-        sites = graph.call_sites.get(name, []) if graph is not None else []
+        sites = graph.call_sites.get(name, [])
         if len(sites) != 1:
             continue
         for index, arg in enumerate(sites[0].args[:len(plan.inputs)]):

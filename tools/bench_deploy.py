@@ -36,7 +36,7 @@ from deploy import OnnxModel, export_onnx
 from deploy.baseline import quantize_static_baseline
 from deploy.cpu import cpu_description
 from deploy.timing import images_per_s
-from utils.checkpoint import read_checkpoint, save_checkpoint
+from utils.checkpoint import save_checkpoint
 
 # ours: the W8A8 deploy placement, changed as listed (QuantConfig fields, export_onnx arguments): 7-bit weights
 # export in int8 containers (exact on every CPU), ``int8_weights`` puts 8-bit ones there (exact with VNNI only)
@@ -87,8 +87,8 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
                                                       len(faces)).student.eval()
                 for variant, (change, _) in OURS.items()}
     if pretrained and PRETRAINED[name][1].is_file():
-        fci = read_checkpoint(PRETRAINED[name][1])[1]["quant"].get("float_conv_inputs")
-        students[f"ours int8{' fci' if fci else ''}"] = quant.load_quantized(PRETRAINED[name][1]).eval()
+        trained, meta = quant.load_any_model(PRETRAINED[name][1])  # one read: the student and its placement
+        students[f"ours int8{' fci' if meta['quant'].get('float_conv_inputs') else ''}"] = trained.eval()
     files = {"fp32 pytorch": work / f"{name}.pt", "fp32 onnxruntime": work / f"{name}_fp32.onnx",
              "fp32 ours": work / f"{name}_fp32_ours.onnx", "quantize_static int8": work / f"{name}_qs.onnx"}
     files.update({variant: work / f"{name}_{variant.replace(' ', '_')}.onnx" for variant in OURS})
