@@ -11,11 +11,14 @@ exactly what those kernels compute, in that order:
 
 ``1 / s`` is taken in float32 as the kernels take it; every intermediate is an integer below 2^24, so
 each step is exact and the result is bit-equal to the fused kernel (``tests/test_fake_quant.py`` checks
-values and gradients with ``torch.equal``, ties included).
+values and gradients with ``torch.equal``, ties included).  Where torch.compile works the same arithmetic
+runs as one compiled pass (``quant.cpu_kernels``), per tensor and per channel along dim 0; LSQ's learnable per-tensor quantization likewise (``fake_quantize_learnable``).
 """
 from __future__ import annotations
 
 import torch
+
+from quant import cpu_kernels
 
 
 def _uses_fused(x: torch.Tensor) -> bool:
@@ -51,6 +54,33 @@ def _composed(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qu
     return clamped.mul_(s), mask
 
 
+def _compiled_form(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
+                   quant_max: int, axis: int | None, keep_mask: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``_composed`` as one compiled pass; None where it does not apply (the caller composes)."""
+    if not x.is_contiguous() or x.numel() < 2 or axis not in (None, 0):
+        return None
+    shape = (()) if axis is None else (-1, 1)
+    s = scale.detach().float().reshape(shape)
+    z = zero_point.detach().float().reshape(shape)
+    flat = x.view(-1) if axis is None else x.view(x.shape[0], -1)
+    kernel = cpu_kernels.fake_quant_mask if keep_mask else cpu_kernels.fake_quant
+    result = cpu_kernels.run(kernel, flat, 1.0 / s, s, quant_min - z, quant_max - z)
+    if result is None:
+        return None
+    if keep_mask:
+        return result[0].view(x.shape), result[1].view(x.shape)
+    return result.view(x.shape), None
+
+
+def _cpu_form(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int,
+              axis: int | None, keep_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    result = _compiled_form(x, scale, zero_point, quant_min, quant_max, axis, keep_mask)
+    if result is not None:
+        return result
+    return _composed(x, scale, zero_point, quant_min, quant_max, axis, keep_mask)
+
+
 def _fused(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int,
            axis: int | None) -> torch.Tensor:
     zero_point = zero_point.to(torch.int32)
@@ -64,7 +94,7 @@ class _ClippedCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, axis: int | None):
-        out, mask = _composed(x, scale, zero_point, quant_min, quant_max, axis, ctx.needs_input_grad[0])
+        out, mask = _cpu_form(x, scale, zero_point, quant_min, quant_max, axis, ctx.needs_input_grad[0])
         if mask is not None:
             ctx.save_for_backward(mask)
         return out
@@ -83,7 +113,7 @@ class _Covering(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, axis: int | None):
         if _uses_fused(x):
             return _fused(x, scale, zero_point, quant_min, quant_max, axis)
-        return _composed(x, scale, zero_point, quant_min, quant_max, axis, False)[0]
+        return _cpu_form(x, scale, zero_point, quant_min, quant_max, axis, False)[0]
 
     @staticmethod
     def backward(ctx, grad):
@@ -104,3 +134,41 @@ def fake_quantize_covering(x: torch.Tensor, scale: torch.Tensor, zero_point: tor
     """``fake_quantize`` for a range that covers ``x`` (its own min/max): the gradient is exactly the identity,
     so no mask is kept."""
     return _Covering.apply(x, scale, zero_point, quant_min, quant_max, axis)
+
+
+class _LearnableCPU(torch.autograd.Function):
+    """LSQ+ per tensor with compiled forward and backward: the values and input gradient of
+    ``torch._fake_quantize_learnable_per_tensor_affine``, its scale and zero-point gradients to float
+    rounding (``quant.cpu_kernels.lsq_backward``)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, grad_factor: float):
+        z = float(zero_point.detach().float().reshape(()))
+        z_forward = min(max(float(round(z)), quant_min), quant_max)  # round half to even, as the kernel's
+        ctx.save_for_backward(x, scale, zero_point)
+        ctx.z, ctx.grid, ctx.grad_factor = z_forward, (quant_min, quant_max), grad_factor
+        return _cpu_form(x, scale, torch.tensor(z_forward), quant_min, quant_max, None, False)[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale, zero_point = ctx.saved_tensors
+        s = scale.detach().float().reshape(())
+        quant_min, quant_max = ctx.grid
+        result = cpu_kernels.run(cpu_kernels.lsq_backward, x.view(-1), grad.contiguous().view(-1), 1.0 / s, s,
+                                 torch.tensor(ctx.z), torch.tensor(float(quant_min)),
+                                 torch.tensor(float(quant_max)), torch.tensor(ctx.grad_factor))
+        if result is None:  # compiling failed: torch's own backward kernel
+            result = torch.ops.aten._fake_quantize_learnable_per_tensor_affine_backward(
+                grad, x, scale, zero_point, quant_min, quant_max, ctx.grad_factor)
+        grad_x, grad_scale, grad_zero_point = result
+        return grad_x.view(x.shape), grad_scale.reshape(1), grad_zero_point.reshape(1), None, None, None
+
+
+def fake_quantize_learnable(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
+                            quant_max: int, grad_factor: float) -> torch.Tensor:
+    """LSQ+ per-tensor fake quantization with learnable (1-element) ``scale`` and ``zero_point``:
+    ``torch._fake_quantize_learnable_per_tensor_affine``, compiled on CPU."""
+    if not _uses_fused(x) and cpu_kernels.compiling() and x.is_contiguous() and x.numel() >= 2:
+        return _LearnableCPU.apply(x, scale, zero_point, quant_min, quant_max, grad_factor)
+    return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero_point, quant_min, quant_max,
+                                                             grad_factor)

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from quant.fake_quant import fake_quantize, fake_quantize_covering
+from quant.fake_quant import fake_quantize, fake_quantize_covering, fake_quantize_learnable
 
 _EPS = torch.finfo(torch.float32).eps
 _PERCENTILE_SAMPLES = 1 << 18   # percentile ranges are taken on at most this many sampled values
@@ -259,8 +259,7 @@ class FakeQuantizer(nn.Module):
             out = torch._fake_quantize_learnable_per_channel_affine(
                 xf, scale, zero_point, 0, self.quant_min, self.quant_max, grad_factor)
         else:
-            out = torch._fake_quantize_learnable_per_tensor_affine(
-                xf, scale, zero_point, self.quant_min, self.quant_max, grad_factor)
+            out = fake_quantize_learnable(xf, scale, zero_point, self.quant_min, self.quant_max, grad_factor)
         return out.to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

@@ -1,8 +1,17 @@
-"""quant.fake_quant's CPU form is bit-equal to torch's fused fake-quant kernels, values and gradients."""
+"""quant.fake_quant's CPU forms (compiled and eager) are bit-equal to torch's fused fake-quant kernels,
+values and gradients; the compiled LSQ form matches torch's learnable kernel."""
 import pytest
 import torch
 
-from quant.fake_quant import _fused, fake_quantize, fake_quantize_covering
+from quant import cpu_kernels
+from quant.fake_quant import _fused, fake_quantize, fake_quantize_covering, fake_quantize_learnable
+
+
+@pytest.fixture(params=[True, False], ids=["compiled", "eager"])
+def compiled(request, monkeypatch):
+    """Run a test with the compiled kernels and again with the eager forms they fall back to."""
+    monkeypatch.setattr(cpu_kernels, "_enabled", request.param)
+    return request.param
 
 
 def _tensor_with_ties(scale: torch.Tensor, shape: tuple[int, ...], axis: int | None, seed: int) -> torch.Tensor:
@@ -30,7 +39,7 @@ CASES = [  # (axis, channels, quant_min, quant_max, zero points)
 
 @pytest.mark.parametrize("axis,channels,qmin,qmax,zeros", CASES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_cpu_form_equals_fused_kernel(axis, channels, qmin, qmax, zeros, seed):
+def test_cpu_form_equals_fused_kernel(axis, channels, qmin, qmax, zeros, seed, compiled):
     g = torch.Generator().manual_seed(100 + seed)
     scale = torch.rand(channels, generator=g) * 0.05 + 1e-3
     zero_point = (torch.randint(qmin, qmax + 1, (channels,), generator=g, dtype=torch.int32) if zeros == "random"
@@ -48,7 +57,7 @@ def test_cpu_form_equals_fused_kernel(axis, channels, qmin, qmax, zeros, seed):
     assert 0 < int((ref.grad == 0).sum()) < x.numel()  # both regimes: clipped values get no gradient
 
 
-def test_covering_form_has_identity_gradient_and_fused_values():
+def test_covering_form_has_identity_gradient_and_fused_values(compiled):
     w = torch.randn(8, 3, 3, 3)
     scale = w.abs().amax((1, 2, 3)) / 127
     zero_point = torch.zeros(8, dtype=torch.int32)
@@ -68,3 +77,39 @@ def test_no_grad_input_and_float64_use_the_fused_kernel_semantics():
     y = x.float()
     assert torch.equal(fake_quantize(y, scale, zero_point, 0, 255),
                        torch.fake_quantize_per_tensor_affine(y, scale, zero_point, 0, 255))
+
+
+@pytest.mark.parametrize("zero_point", [7.3, 6.6, -2.0, 70.0])  # (at exact halves torch rounds z up in backward)
+def test_learnable_form_matches_torch_lsq_kernel(zero_point, compiled):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 16, 6, 6, generator=g) * 0.8  # part of it beyond the grid [0, 63] * 0.03
+    grad = torch.randn(x.shape, generator=g)
+    results = []
+    for fn in (fake_quantize_learnable, torch._fake_quantize_learnable_per_tensor_affine):
+        leaf = x.clone().requires_grad_()
+        scale = torch.tensor([0.03], requires_grad=True)
+        zp = torch.tensor([zero_point], requires_grad=True)
+        out = fn(leaf, scale, zp, 0, 63, 0.01)
+        out.backward(grad)
+        results.append((out, leaf.grad, scale.grad, zp.grad))
+    (out, dx, ds, dz), (ref, ref_dx, ref_ds, ref_dz) = results
+    assert torch.equal(out, ref) and torch.equal(dx, ref_dx)
+    assert 0 < int((ref_dx == 0).sum()) < x.numel()
+    torch.testing.assert_close(ds, ref_ds, rtol=1e-4, atol=1e-6)  # sums over the tensor: float rounding
+    torch.testing.assert_close(dz, ref_dz, rtol=1e-4, atol=1e-6)
+
+
+def test_a_kernel_that_cannot_compile_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_enabled", True)
+
+    def untraceable(x):
+        torch._dynamo.graph_break()  # fullgraph compilation refuses this
+        return x * 2
+
+    with pytest.warns(RuntimeWarning, match="falls back to eager ops"):
+        assert cpu_kernels.run(untraceable, torch.ones(4)) is None
+    assert not cpu_kernels.compiling()
+    assert cpu_kernels.run(cpu_kernels.fake_quant, torch.ones(4), *[torch.tensor(1.0)] * 4) is None
+    x = torch.randn(64)  # and fake quantization still computes the fused kernel's values
+    scale, zp = torch.tensor([0.05]), torch.tensor([4], dtype=torch.int32)
+    assert torch.equal(fake_quantize(x, scale, zp, 0, 15), torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 15))
