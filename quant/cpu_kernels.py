@@ -6,8 +6,9 @@ composed form) it reads and writes a batch of activations five times, as torch's
 a scalar loop; either costs about a fifth of an r18 or MobileFaceNet training step on CPU.  Compiled, the
 forward reads the tensor once and writes output and mask, the LSQ backward reads input and gradient once:
 measured 35 -> 5.7 ms for one r18 stage-1 activation (32 x 64 x 56 x 56, one thread, memory reused), and
-forward and backward of torch's learnable (LSQ) kernel 94-178 -> 22 ms.  The arithmetic is the fused kernels', in their order
-(``1/s`` and every product in float32, round half to even), so values and masks are bit-equal to them;
+forward and backward of torch's learnable (LSQ) kernel 94-178 -> 22 ms.  The arithmetic is the fused
+kernels', in their order (``1/s`` and every product in float32, round half to even), so values and masks
+are bit-equal to them;
 only the LSQ scale and zero-point gradients, sums over the tensor, differ in float rounding (another
 order of summation).  At exact ties of ``x / s`` torch's CPU backward rounds away from zero, this one to
 even as the forward does (as torch's CUDA kernel); it takes the forward's zero point, where torch's

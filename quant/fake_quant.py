@@ -12,7 +12,8 @@ exactly what those kernels compute, in that order:
 ``1 / s`` is taken in float32 as the kernels take it; every intermediate is an integer below 2^24, so
 each step is exact and the result is bit-equal to the fused kernel (``tests/test_fake_quant.py`` checks
 values and gradients with ``torch.equal``, ties included).  Where torch.compile works the same arithmetic
-runs as one compiled pass (``quant.cpu_kernels``), per tensor and per channel along dim 0; LSQ's learnable per-tensor quantization likewise (``fake_quantize_learnable``).
+runs as one compiled pass (``quant.cpu_kernels``), per tensor and per channel along dim 0; LSQ's learnable
+per-tensor quantization likewise (``fake_quantize_learnable``).
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def _compiled_form(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tenso
     """``_composed`` as one compiled pass; None where it does not apply (the caller composes)."""
     if not x.is_contiguous() or x.numel() < 2 or axis not in (None, 0):
         return None
-    shape = (()) if axis is None else (-1, 1)
+    shape = () if axis is None else (-1, 1)
     s = scale.detach().float().reshape(shape)
     z = zero_point.detach().float().reshape(shape)
     flat = x.view(-1) if axis is None else x.view(x.shape[0], -1)
