@@ -13,7 +13,7 @@ from backbones import input_spec, load_float_model
 from backbones.dlib_dat import DlibImportError, convert_dat, read_dat
 from data.align import DLIB_TEMPLATE, reframe, reframe_image, reframe_matrix, similarity_transform, template
 from data.realfaces import aligned_real_faces
-from tools.dlib_reference import chips_sha256, random_chips
+from tools.dlib_reference import random_chips
 
 REFERENCE = Path(__file__).parent / "data" / "dlib_reference.npz"  # written by tools.dlib_reference (dlib 20.0.1)
 SPEC = input_spec("dlib_resnet")
@@ -41,9 +41,12 @@ def test_converted_model_reproduces_dlib_descriptors(teacher) -> None:
     ours = _descriptors(teacher, random_chips())
     assert np.abs(ours - reference["random_descriptors"]).max() < 2e-6  # dlib's outputs are ~0.1 in size
     real, identities, _ = aligned_real_faces(None, SPEC)
-    assert chips_sha256(real) == str(reference["real_sha256"]), "the dlib chip alignment changed"
     ours_real = _descriptors(teacher, real)
-    assert np.abs(ours_real - reference["real_descriptors"]).max() < 2e-6
+    # The real chips pass through a JPEG decoder and OpenCV's resampler, whose versions move a few pixels by
+    # a few grey levels: 0.0003 (OpenCV 5.1) to 0.007 (4.14) from dlib's descriptors per face, while the
+    # alignment one pixel off moves them 0.11.  The importer itself is held to 2e-6 by the random chips.
+    gap = np.linalg.norm(ours_real - reference["real_descriptors"], axis=1)
+    assert gap.max() < 0.02, f"the dlib chip alignment changed: descriptors moved {gap.max():.4f} from dlib's"
     # and it recognises: dlib's rule, same person below 0.6 Euclidean distance
     ids = np.asarray(identities)
     distance = np.linalg.norm(ours_real[:, None] - ours_real[None], axis=2)
