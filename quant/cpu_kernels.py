@@ -55,8 +55,8 @@ def run(kernel: Callable, *args: torch.Tensor):
 
 def fake_quant_mask(x: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
                     high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 ``x`` (flat, or one row per channel), float32 parameters that broadcast over it (0-d, or one
-    per row; ``low``/``high``: the grid's ends minus the zero point): the fake-quantized values and a
+    """Float32 ``x`` (one row per channel, or a single row), float32 parameters, one per row (``[rows, 1]``;
+    ``low``/``high``: the grid's ends minus the zero point): the fake-quantized values and a
     float32 mask of the values that were not clamped (stored 4x faster than a bool one by inductor's code)."""
     q = torch.round(x * inv_scale)
     clamped = torch.clamp(q, low, high)

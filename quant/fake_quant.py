@@ -61,12 +61,13 @@ def _compiled_form(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tenso
     """``_composed`` as one compiled pass; None where it does not apply (the caller composes)."""
     if not x.is_contiguous() or x.numel() < 2 or axis not in (None, 0):
         return None
-    shape = () if axis is None else (-1, 1)
-    s = scale.detach().float().reshape(shape)
-    z = zero_point.detach().float().reshape(shape)
-    flat = x.view(-1) if axis is None else x.view(x.shape[0], -1)
+    # Always one row per channel (per tensor: one row) and a column of parameters, so that the compiled code
+    # sees one rank; its other variants are only single-column and square tensors (size specialisation).
+    s = scale.detach().float().reshape(-1, 1)
+    z = zero_point.detach().float().reshape(-1, 1)
+    rows = x.view(1 if axis is None else x.shape[0], -1)
     kernel = cpu_kernels.fake_quant_mask if keep_mask else cpu_kernels.fake_quant
-    result = cpu_kernels.run(kernel, flat, 1.0 / s, s, quant_min - z, quant_max - z)
+    result = cpu_kernels.run(kernel, rows, 1.0 / s, s, quant_min - z, quant_max - z)
     if result is None:
         return None
     if keep_mask:

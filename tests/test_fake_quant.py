@@ -99,6 +99,27 @@ def test_learnable_form_matches_torch_lsq_kernel(zero_point, compiled):
     torch.testing.assert_close(dz, ref_dz, rtol=1e-4, atol=1e-6)
 
 
+def test_a_network_of_shapes_stays_compiled(monkeypatch, recwarn):
+    """Every tensor a face network quantizes (activations of every rank, per-channel weights with one row,
+    one column or square, LSQ) runs compiled: dynamo's recompile limit (8 graphs a function) is not reached,
+    which would silently turn the rest of a training run eager."""
+    monkeypatch.setattr(cpu_kernels, "_enabled", True)
+    shapes = [(4, 8, 5, 5), (4, 8, 6, 6), (2, 3), (7,), (16, 16, 3, 3), (16, 1, 3, 3), (1, 16, 3, 3), (8, 8),
+              (64,), (5, 7, 1, 1), (32, 512), (3, 1), (9, 1, 1, 1), (1, 5), (2, 70, 70)]
+    for shape in shapes:
+        for axis in (None, 0):
+            channels = shape[0] if axis == 0 else 1
+            scale = torch.full((channels,), 0.1)
+            zero_point = torch.zeros(channels, dtype=torch.int32)
+            x = torch.randn((2,) + shape)[1]  # a view, as activations often are
+            fake_quantize(x.clone().requires_grad_(), scale, zero_point, -128, 127, axis).sum().backward()
+            fake_quantize_covering(x, scale, zero_point, -128, 127, axis)
+        learnable = torch.randn(shape).requires_grad_()
+        fake_quantize_learnable(learnable, torch.tensor([0.1], requires_grad=True),
+                                torch.tensor([3.0], requires_grad=True), 0, 255, 1.0).sum().backward()
+    assert cpu_kernels.compiling(), [str(w.message) for w in recwarn]
+
+
 def test_a_kernel_that_cannot_compile_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_enabled", True)
 
