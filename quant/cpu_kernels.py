@@ -28,6 +28,9 @@ import torch
 
 _enabled = os.environ.get("QUANTFACE_COMPILE", "1") != "0"
 _compiled: dict[Callable, Callable] = {}
+# Graphs a kernel may compile: dynamo makes one per thread count and shape class (one row, one column,
+# square, more than 4096 elements, ...); its default limit (8) would turn a long run eager for good.
+_RECOMPILE_LIMIT = 64
 
 
 def compiling() -> bool:
@@ -44,7 +47,9 @@ def run(kernel: Callable, *args: torch.Tensor):
         compiled = _compiled.get(kernel)
         if compiled is None:
             compiled = _compiled[kernel] = torch.compile(kernel, dynamic=True, fullgraph=True)
-        return compiled(*(a.detach() for a in args))  # no autograd inside: one graph whatever requires grad
+        # no autograd and no autocast inside (float32 in and out): one graph whatever requires grad or casts
+        with torch.autocast("cpu", enabled=False), torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            return compiled(*(a.detach() for a in args))
     except Exception as error:  # any compiler or platform failure: the eager forms compute the same values
         _enabled = False
         warnings.warn(f"quant.cpu_kernels: torch.compile failed ({type(error).__name__}: {str(error)[:300]}); "

@@ -146,7 +146,7 @@ class _LearnableCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, grad_factor: float):
         z = float(zero_point.detach().float().reshape(()))
-        z_forward = min(max(float(round(z)), quant_min), quant_max)  # round half to even, as the kernel's
+        z_forward = float(min(max(round(z), quant_min), quant_max))  # round half to even, as the kernel's
         ctx.save_for_backward(x, scale, zero_point)
         ctx.z, ctx.grid, ctx.grad_factor = z_forward, (quant_min, quant_max), grad_factor
         return _cpu_form(x, scale, torch.tensor(z_forward), quant_min, quant_max, None, False)[0]

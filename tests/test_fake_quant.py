@@ -101,23 +101,34 @@ def test_learnable_form_matches_torch_lsq_kernel(zero_point, compiled):
 
 def test_a_network_of_shapes_stays_compiled(monkeypatch, recwarn):
     """Every tensor a face network quantizes (activations of every rank, per-channel weights with one row,
-    one column or square, LSQ) runs compiled: dynamo's recompile limit (8 graphs a function) is not reached,
-    which would silently turn the rest of a training run eager."""
+    one column or square, LSQ with zero points on and off the grid's ends), under autocast or not, on one
+    thread or two, runs compiled: dynamo's recompile limit is not reached, which would silently turn the rest
+    of a training run eager."""
     monkeypatch.setattr(cpu_kernels, "_enabled", True)
     shapes = [(4, 8, 5, 5), (4, 8, 6, 6), (2, 3), (7,), (16, 16, 3, 3), (16, 1, 3, 3), (1, 16, 3, 3), (8, 8),
               (64,), (5, 7, 1, 1), (32, 512), (3, 1), (9, 1, 1, 1), (1, 5), (2, 70, 70)]
-    for shape in shapes:
-        for axis in (None, 0):
-            channels = shape[0] if axis == 0 else 1
-            scale = torch.full((channels,), 0.1)
-            zero_point = torch.zeros(channels, dtype=torch.int32)
-            x = torch.randn((2,) + shape)[1]  # a view, as activations often are
-            fake_quantize(x.clone().requires_grad_(), scale, zero_point, -128, 127, axis).sum().backward()
-            fake_quantize_covering(x, scale, zero_point, -128, 127, axis)
-        learnable = torch.randn(shape).requires_grad_()
-        fake_quantize_learnable(learnable, torch.tensor([0.1], requires_grad=True),
-                                torch.tensor([3.0], requires_grad=True), 0, 255, 1.0).sum().backward()
+    threads = torch.get_num_threads()
+    try:
+        for k, shape in enumerate(shapes):
+            torch.set_num_threads(1 + k % 2)
+            for axis, autocast in ((None, False), (0, True)):
+                with torch.autocast("cpu", enabled=autocast):
+                    _quantize_once(shape, axis, k)
+    finally:
+        torch.set_num_threads(threads)
     assert cpu_kernels.compiling(), [str(w.message) for w in recwarn]
+
+
+def _quantize_once(shape: tuple[int, ...], axis: int | None, k: int) -> None:
+    channels = shape[0] if axis == 0 else 1
+    scale = torch.full((channels,), 0.1)
+    zero_point = torch.zeros(channels, dtype=torch.int32)
+    x = torch.randn((2,) + shape)[1]  # a view, as activations often are
+    fake_quantize(x.clone().requires_grad_(), scale, zero_point, -128, 127, axis).sum().backward()
+    fake_quantize_covering(x, scale, zero_point, -128, 127, axis)
+    learnable = torch.randn(shape).requires_grad_()
+    zero = torch.tensor([(3.0, -2.0, 300.0)[k % 3]], requires_grad=True)  # inside, below and above [0, 255]
+    fake_quantize_learnable(learnable, torch.tensor([0.1], requires_grad=True), zero, 0, 255, 1.0).sum().backward()
 
 
 def test_a_kernel_that_cannot_compile_falls_back_with_one_warning(monkeypatch):
