@@ -55,11 +55,16 @@ def _composed(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qu
     return clamped.mul_(s), mask
 
 
+def _compilable(x: torch.Tensor) -> bool:
+    """Whether the compiled kernels take ``x`` (a float32 CPU tensor): contiguous, at least two values."""
+    return cpu_kernels.compiling() and x.is_contiguous() and x.numel() >= 2
+
+
 def _compiled_form(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
                    quant_max: int, axis: int | None, keep_mask: bool
                    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """``_composed`` as one compiled pass; None where it does not apply (the caller composes)."""
-    if not x.is_contiguous() or x.numel() < 2 or axis not in (None, 0):
+    if not _compilable(x) or axis not in (None, 0):
         return None
     # Always one row per channel (per tensor: one row) and a column of parameters, so that the compiled code
     # sees one rank; its other variants are only single-column and square tensors (size specialisation).
@@ -170,7 +175,7 @@ def fake_quantize_learnable(x: torch.Tensor, scale: torch.Tensor, zero_point: to
                             quant_max: int, grad_factor: float) -> torch.Tensor:
     """LSQ+ per-tensor fake quantization with learnable (1-element) ``scale`` and ``zero_point``:
     ``torch._fake_quantize_learnable_per_tensor_affine``, compiled on CPU."""
-    if not _uses_fused(x) and cpu_kernels.compiling() and x.is_contiguous() and x.numel() >= 2:
+    if not _uses_fused(x) and _compilable(x):
         return _LearnableCPU.apply(x, scale, zero_point, quant_min, quant_max, grad_factor)
     return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero_point, quant_min, quant_max,
                                                              grad_factor)
