@@ -21,6 +21,7 @@ from distill.callbacks import StepCallbacks
 from distill.setup import Run, TrainingError, check_run_fields, check_same_run, prepare_run
 from distill.train_state import list_checkpoints, load_training_state, rng_isolated
 from utils.config import Config
+from utils.cpu_memory import reuse_freed_cpu_memory
 from utils.distributed import DistEnv, all_reduce_mean
 from utils.fileio import atomic_torch_save
 
@@ -162,6 +163,8 @@ def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
         print(f"{cfg.output}: this run already finished ({done['steps']} steps); nothing to redo", flush=True)
         return quant.load_quantized(Path(cfg.output) / FINAL_STUDENT, map_location=env.device), done
     started = time.time()
+    if env.device.type == "cpu":
+        reuse_freed_cpu_memory()
     run = prepare_run(cfg, env)
     announce(run)
     callbacks = StepCallbacks(run)

@@ -8,6 +8,9 @@ observing.  Float and quantized steps are interleaved: each round times one step
 ratio is taken within the round (so a slow spell of the machine affects both sides) and the median
 over rounds is printed with the range of the per-round ratios.  On CPU the process CPU time is reported
 too (with ``--threads 1`` other processes affect it only through shared caches and memory bandwidth).
+On CPU freed memory is kept for reuse as ``train_quantization.py`` does (``utils.cpu_memory``; without it
+page faults on freshly mapped buffers cost the quantized step more than the float one);
+``--malloc-defaults`` measures with glibc's defaults.
 Goal (issue 14): W8A8 deploy mode <= 1.10 for r18 and mbf at batch 32, one thread.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 
 from backbones import available_models, get_model
 from quant import QuantConfig, quantize_model, set_observers
+from utils.cpu_memory import reuse_freed_cpu_memory
 
 
 def _step_fn(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
@@ -89,11 +93,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (0 = torch default); 1 makes CPU-time ratios robust on a shared machine")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="CPU: keep glibc's allocator defaults (every large buffer a fresh mmap, page faults "
+                             "and all) instead of reusing freed memory as training does (utils.cpu_memory)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cpu_note = "" if device.type == "cuda" else "; cpu = process CPU time; ratios per round, median (lowest-highest)"
+    if device.type == "cpu":
+        reused = not args.malloc_defaults and reuse_freed_cpu_memory()
+        cpu_note += "; freed memory reused, as training does" if reused else "; glibc allocator defaults"
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
           f"{args.steps} timed steps (median), W8A8{cpu_note}", flush=True)
     for name in args.networks:
