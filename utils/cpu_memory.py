@@ -3,11 +3,11 @@
 glibc serves every allocation over its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives it
 back with ``munmap`` when the tensor dies.  A CPU training step allocates and frees the same large
 activations, gradients and fake-quantized copies every step, and each new buffer costs the kernel one page
-fault per 4 KB, zeroing included: on r18 at batch 32 (one thread) that was 0.6-1.2 M faults and 1.2-2.5 s of
-system time per 7-9 s step, more for a quantized student (it holds more large temporaries) than for the
-float model.  With ``mmap`` off and the heap never trimmed, freed buffers are reused as they are: no
-faults after the first step, for a larger resident set (the peak stays allocated; a free top of the
-heap is trimmed only over 2 GB).
+fault per 4 KB, zeroing included: on r18 at batch 32 (one thread) 0.2-0.8 M faults a step for the float
+model and 0.8-1.2 M for its W8A8 student (it holds more large temporaries), 0.3-3.5 s of system time in a
+7-11 s step.  With ``mmap`` off and the heap trimmed only when over 2 GB of its top is free, freed buffers
+are reused as they are: no faults after the first few steps, for a larger resident set (the peak stays
+allocated).
 
 ``QUANTFACE_REUSE_CPU_MEMORY=0`` leaves glibc's defaults.  Outside glibc (macOS, musl) this does nothing.
 """
