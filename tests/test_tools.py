@@ -25,6 +25,7 @@ def test_bench_quant_step_prints_quantized_over_float_ratios(capsys):
                            "--device", "cpu"])
     out = capsys.readouterr().out
     assert "nope: not in the backbone registry" in out
+    assert "freed memory reused, as training does" in out.splitlines()[0]
     for variant in ("deploy observing", "deploy frozen", "quantface observing", "quantface frozen"):
         row = re.search(rf"{variant}\s+wall\s+\d+ ms\s+ratio ({NUMBER}) \(({NUMBER})-({NUMBER})\)\s+"
                         rf"cpu\s+\d+ ms\s+ratio ({NUMBER}) \(({NUMBER})-({NUMBER})\)", out)

@@ -14,7 +14,6 @@ allocated).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD = -1
@@ -23,17 +22,13 @@ _TRIM_ONLY_OVER = 2**31 - 1  # mallopt takes an int: trim only a free top over 2
 
 
 def reuse_freed_cpu_memory() -> bool:
-    """Turn glibc's ``mmap`` allocations off and heap trimming off for this process (see the module
-    docstring); True when that took effect."""
+    """Turn glibc's ``mmap`` allocations off and trim the heap only over 2 GB of free top, for this
+    process (see the module docstring); True when that took effect."""
     if os.environ.get("QUANTFACE_REUSE_CPU_MEMORY", "1") == "0":
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = ctypes.CDLL(None)  # the symbols this process has loaded: its C library's among them
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
         return False
-    libc = ctypes.CDLL(name)
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is None or not hasattr(libc, "gnu_get_libc_version"):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_ONLY_OVER))
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    libc.mallopt.restype = ctypes.c_int
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_ONLY_OVER))
