@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,9 +28,9 @@ from deploy.baseline import quantize_static_baseline
 from deploy.cpu import has_vnni
 from deploy.loading import load_model_file
 from deploy.onnx_export import uint8_weight_layers
-from deploy.onnx_model import session_options
 from deploy.packed import load_packed, pack_bits, save_packed, unpack_bits
 from eval.verification import write_bin
+from tests.helpers import optimized_ops
 from tools import export_onnx as export_tool
 from utils.checkpoint import CheckpointError, save_checkpoint
 
@@ -112,7 +111,7 @@ def test_a_narrow_grouped_conv_runs_in_float_and_the_rest_on_integer_kernels(fac
     qcfg = quant.QuantConfig(bn_mode="fold", prelu_input=True)
     student = quant.post_training_quantize(model.eval(), qcfg, faces[:2], 2).student.eval()
     path = export_onnx(student, tmp_path / "mbf_scale2.onnx")
-    _optimized_ops(path, tmp_path)
+    optimized_ops(path, tmp_path)
     groups = {}
     for node in onnx.load(str(tmp_path / "mbf_scale2.optimized.onnx")).graph.node:
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
@@ -133,7 +132,7 @@ def test_convs_that_run_in_float_get_constant_weights_onnxruntime_folds(fci, fac
     graph = onnx.load(str(path)).graph
     producer = {out: node.op_type for node in graph.node for out in node.output}
     weights = [producer.get(node.input[1]) for node in graph.node if node.op_type == "Conv"]
-    ops = _optimized_ops(path, tmp_path)
+    ops = optimized_ops(path, tmp_path)
     optimized = onnx.load(str(tmp_path / "mbf.optimized.onnx")).graph
     constants = {t.name for t in optimized.initializer}
     assert not [n.name for n in optimized.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
@@ -161,7 +160,7 @@ def test_int8_teacher_student_runs_on_integer_kernels_and_agrees_on_real_photos(
             agreement = cosine(model(x), student(x))  # measured here: 0.9992 / 0.9985 real, 0.9985 / 0.992 held out
             assert agreement.mean() >= mean_goal and agreement.min() >= min_goal, (agreement.mean(), agreement.min())
 
-    ops = _optimized_ops(path, tmp_path)
+    ops = optimized_ops(path, tmp_path)
     assert ops.count("QLinearConv") >= 10 and "QLinearAdd" in ops  # onnxruntime fused the QDQ groups
     fp32 = export_onnx(teacher, tmp_path / "teacher.onnx")
     assert path.stat().st_size <= 0.3 * fp32.stat().st_size  # a mobile net: per-channel scales and biases add ~5 %
@@ -172,14 +171,6 @@ def test_int8_teacher_student_runs_on_integer_kernels_and_agrees_on_real_photos(
     with torch.no_grad():
         agreement = cosine(OnnxModel(export_onnx(w4, tmp_path / "w4.onnx"))(real), w4(real))
     assert agreement.mean() >= 0.999 and agreement.min() >= 0.995, (agreement.mean(), agreement.min())
-
-
-def _optimized_ops(path: Path, tmp_path: Path) -> list[str]:
-    """The op types onnxruntime runs after its graph optimisations (QDQ groups fused into QLinear* kernels)."""
-    options = session_options()
-    options.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
 
 
 def test_dlib_relu_student_runs_wholly_on_integer_kernels_and_agrees(tmp_path):
@@ -197,7 +188,7 @@ def test_dlib_relu_student_runs_wholly_on_integer_kernels_and_agrees(tmp_path):
     assert len(relus) == 29 and all(r.output_quant.nonnegative and r.output_quant.zero_point.item() == 0
                                     for r in relus)
     path = export_onnx(student, tmp_path / "dlib_w7a8.onnx")
-    ops = _optimized_ops(path, tmp_path)
+    ops = optimized_ops(path, tmp_path)
     assert ops.count("QLinearConv") == 29 and ops.count("QLinearAdd") == 14 and ops.count("QLinearAveragePool") == 4
     assert not {"Conv", "Relu", "AveragePool", "GlobalAveragePool"} & set(ops), ops
     images, _, _ = aligned_real_faces(spec=spec)
@@ -220,12 +211,12 @@ def test_iresnet_student_with_prelu_inputs_quantized_runs_every_conv_on_integer_
     student = quant.post_training_quantize(realistic("r18", faces), quant.QuantConfig(bn_mode="fold", prelu_input=True),
                                            faces[:2], 2).student.eval()
     path = export_onnx(student, tmp_path / "r18.onnx")
-    ops, blocks, downsamples = _optimized_ops(path, tmp_path), 8, 4
+    ops, blocks, downsamples = optimized_ops(path, tmp_path), 8, 4
     prelus = 1 + blocks
     assert "Conv" not in ops and "PRelu" not in ops and ops.count("Relu") == prelus, ops
     assert ops.count("Mul") == 1 + 2 * prelus and ops.count("QGemm") == 1 and "Gemm" not in ops, ops
     assert ops.count("QLinearConv") == 1 + 2 * blocks + downsamples + (blocks - 1) + 1  # + bn1s and bn2
-    int8_ops = _optimized_ops(export_onnx(student, tmp_path / "r18_int8.onnx", int8_weights=True), tmp_path)
+    int8_ops = optimized_ops(export_onnx(student, tmp_path / "r18_int8.onnx", int8_weights=True), tmp_path)
     assert int8_ops.count("QGemm") == 1 and "Gemm" not in int8_ops, int8_ops
     assert_agrees_beyond_chaos(OnnxModel(path), student, faces[4][:8])
 
@@ -355,6 +346,6 @@ def test_a_tensor_two_layers_read_is_quantized_once_so_its_conv_runs_on_an_integ
     qcfg = quant.QuantConfig(bn_mode="fold", prelu_input=True, share_input_quantizers=share)
     student = quant.post_training_quantize(realistic("mbf", faces), qcfg, faces[:2], 2).student.eval()
     path = export_onnx(student, tmp_path / "mbf.onnx")
-    ops = _optimized_ops(path, tmp_path)
+    ops = optimized_ops(path, tmp_path)
     assert ops.count("Conv") == (0 if share else 3) and ops.count("QLinearConv") == 22 - ops.count("Conv"), ops
     assert_agrees_beyond_chaos(OnnxModel(path), student, faces[4][:8])

@@ -11,7 +11,14 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
+from assets import ensure_asset
+from backbones import get_model
+from data import GeneratedFaces
+from deploy import export_onnx
+from deploy.baseline import quantize_static_baseline
+from tests.helpers import optimized_ops
 from tools import bench_data, bench_deploy, bench_eval, bench_quant_step, bench_train, compare_recipes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,8 +75,26 @@ def test_bench_deploy_times_every_variant_in_its_own_process(capsys):
     for mine in ("fp32 ours", *(v.removeprefix("ours ") for v in bench_deploy.OURS)):
         for base in ("fp32 onnxruntime", "quantize_static int8"):
             assert re.search(rf"^mbf\s+{mine}\s+/ {base}\s+{NUMBER}$", out, re.MULTILINE), out
+    assert re.search(rf"^mbf\s+plain int8\s+/ plain fp32\s+{NUMBER}$", out, re.MULTILINE), out
     size = re.search(rf"size ours / fp32 onnx\s+({NUMBER})", out)
     assert size and 0.2 < float(size.group(1)) < 0.35
+
+
+@pytest.mark.parametrize("network", ["r18", "mbf"])
+def test_the_plain_reference_runs_every_conv_on_an_integer_kernel(network, tmp_path):
+    """bench_deploy's reference: the plain twin has no PReLU or BatchNorm left (the network itself keeps them),
+    and onnxruntime runs its quantize_static file with no float conv, linear or activation between."""
+    model = get_model(network).eval()
+    twin = bench_deploy.plain_twin(model)
+    kinds = {type(m) for m in twin.modules()}
+    assert torch.nn.PReLU not in kinds and not any(issubclass(k, torch.nn.modules.batchnorm._BatchNorm) for k in kinds)
+    assert any(isinstance(m, torch.nn.PReLU) for m in model.modules())
+    fp32 = export_onnx(twin, tmp_path / f"{network}_plain.onnx")
+    spec = model.input_spec
+    generator = GeneratedFaces(ensure_asset("gan_face_generate"), 8, seed=0, size=spec.size)
+    faces = [spec.normalise(generator.generate(range(8)))]
+    ops = optimized_ops(quantize_static_baseline(fp32, faces, tmp_path / f"{network}_plain_qs.onnx"), tmp_path)
+    assert "QLinearConv" in ops and not {"Conv", "Gemm", "MatMul", "PRelu", "Relu"} & set(ops), ops
 
 
 def test_compare_data_sources_distils_on_each_source(tmp_path, capsys):

@@ -8,6 +8,9 @@ depend on the values) the float model is exported to fp32 ONNX as a user would (
 int8 weights, uint8 activations, 64 generated faces); ours: the same float model through
 ``deploy.export_onnx`` (PReLU as ``a*x + (1-a)*relu(x)``) and the W8A8 students of
 ``quant.post_training_quantize`` (deploy placement, BatchNorm folded) in the variants of ``OURS``.
+The reference: each network's plain twin (every PReLU a ReLU, every BatchNorm removed: Conv + ReLU and
+residual adds, which onnxruntime runs as integer kernels from end to end) in fp32 and through ``quantize_static``;
+its ratio, ``plain int8 / plain fp32``, is what this CPU's int8 path gives that architecture at best.
 ``--demo`` adds the demo's pretrained teacher and its W8A8 student (the trained
 ``work_dirs/demo_mbf_w8a8/student_final.pt`` when present, else calibration only).  Each variant is timed in
 its own process (images/s at every batch size and thread count, best of ``--repeats`` timed runs after a
@@ -17,6 +20,7 @@ The table ends in the ratios ours / fp32 onnxruntime and ours / quantize_static.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import subprocess
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 import quant
 from assets import ensure_asset
@@ -46,7 +51,8 @@ OURS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ours int8 PReLU-in": ({"prelu_input": True}, {}),
     "ours int8 W7 PReLU-in": ({"weight_bits": 7, "prelu_input": True}, {}),
     "ours int8 I8w PReLU-in": ({"prelu_input": True}, {"int8_weights": True})}
-VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "fp32 ours", "quantize_static int8", *OURS)
+VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "fp32 ours", "quantize_static int8", *OURS, "plain fp32",
+            "plain quantize_static")
 # pretrained teachers: asset, and the demo's trained W8A8 student when present (else calibration only)
 PRETRAINED = {"demo": ("mobilefacenet_tflite", Path("work_dirs/demo_mbf_w8a8/student_final.pt")),
               "dlib": ("dlib_resnet", Path("work_dirs/demo_dlib_w8a8/student_final.pt"))}
@@ -67,13 +73,27 @@ def _with_statistics(model: torch.nn.Module, faces: list[torch.Tensor]) -> torch
     return model.eval()
 
 
+def plain_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every PReLU a ReLU and every BatchNorm removed.  Another function (timed only):
+    onnxruntime's best case, every conv fused with its ReLU into one integer kernel and nothing left in float."""
+    twin = copy.deepcopy(model)
+    for parent in list(twin.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.PReLU):
+                setattr(parent, name, nn.ReLU())
+            elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(parent, name, nn.Identity())
+    return twin.eval()
+
+
 def build_variants(name: str, work: Path) -> dict[str, Path]:
     """The model files of one network (the fp32 PyTorch one as a checkpoint).  Ours: one calibration per
     entry of ``OURS``; ``W7``: 7-bit weights, which export in int8 containers (exact on CPUs without VNNI),
     where 8-bit weights need uint8 ones; ``I8w``: 8-bit weights in int8 containers (exact with VNNI);
     ``PReLU-in``: each PReLU's input quantized too (``quantize_prelu_input``), so the conv before it runs as
     an integer kernel; ``fci``: the inputs of the convs a (float) PReLU reads left float too
-    (``float_conv_inputs``).  A trained demo student replaces the variant of its own placement."""
+    (``float_conv_inputs``).  A trained demo student replaces the variant of its own placement.  ``plain``: the
+    reference, ``plain_twin`` of the teacher in fp32 and through ``quantize_static``."""
     pretrained = name in PRETRAINED
     if pretrained:
         teacher = load_float_model(ensure_asset(PRETRAINED[name][0])).eval()
@@ -91,7 +111,7 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
         students[f"ours int8{' fci' if meta['quant'].get('float_conv_inputs') else ''}"] = trained.eval()
     files = {"fp32 pytorch": work / f"{name}.pt", "fp32 onnxruntime": work / f"{name}_fp32.onnx",
              "fp32 ours": work / f"{name}_fp32_ours.onnx", "quantize_static int8": work / f"{name}_qs.onnx"}
-    files.update({variant: work / f"{name}_{variant.replace(' ', '_')}.onnx" for variant in OURS})
+    files.update({variant: work / f"{name}_{variant.replace(' ', '_')}.onnx" for variant in (*OURS, *VARIANTS[-2:])})
     if pretrained:
         files["fp32 pytorch"] = ensure_asset(PRETRAINED[name][0])
     else:
@@ -101,6 +121,8 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
     quantize_static_baseline(files["fp32 onnxruntime"], faces, files["quantize_static int8"])
     for variant, student in students.items():
         export_onnx(student, files[variant], **OURS[variant][1])
+    export_onnx(plain_twin(teacher), files["plain fp32"])
+    quantize_static_baseline(files["plain fp32"], faces, files["plain quantize_static"])
     return files
 
 
@@ -144,11 +166,16 @@ def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
                          f" {r['peak_mb']:8.0f} {r['size_mb']:8.2f}")
     lines.append("")
     lines.append("images/s ratios (" + ", ".join(keys) + "); file size ratio ours / fp32 onnx")
+
+    def ratios(variants: dict[str, dict[str, Any]], mine: str, base: str) -> str:
+        return " ".join(f"{variants[mine]['rates'][k] / variants[base]['rates'][k]:9.2f}" for k in keys)
     for name, variants in results.items():
         for mine in ("fp32 ours", *OURS):
             for base in ("fp32 onnxruntime", "quantize_static int8"):
-                ratios = " ".join(f"{variants[mine]['rates'][k] / variants[base]['rates'][k]:9.2f}" for k in keys)
-                lines.append(f"{name:<12} {mine.removeprefix('ours '):<18} / {base:<22} {ratios}")
+                row = ratios(variants, mine, base)
+                lines.append(f"{name:<12} {mine.removeprefix('ours '):<18} / {base:<22} {row}")
+        lines.append(f"{name:<12} {'plain int8':<18} / {'plain fp32':<22} "
+                     f"{ratios(variants, 'plain quantize_static', 'plain fp32')}")
         ours = variants["ours int8"]
         lines.append(f"{name:<12} size ours / fp32 onnx      {ours['size_mb'] / variants['fp32 onnxruntime']['size_mb']:9.3f}")
     return "\n".join(lines)
