@@ -51,8 +51,8 @@ OURS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ours int8 PReLU-in": ({"prelu_input": True}, {}),
     "ours int8 W7 PReLU-in": ({"weight_bits": 7, "prelu_input": True}, {}),
     "ours int8 I8w PReLU-in": ({"prelu_input": True}, {"int8_weights": True})}
-VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "fp32 ours", "quantize_static int8", *OURS, "plain fp32",
-            "plain quantize_static")
+PLAIN = ("plain fp32", "plain quantize_static")  # the reference: ``plain_twin`` in fp32 and through quantize_static
+VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "fp32 ours", "quantize_static int8", *OURS, *PLAIN)
 # pretrained teachers: asset, and the demo's trained W8A8 student when present (else calibration only)
 PRETRAINED = {"demo": ("mobilefacenet_tflite", Path("work_dirs/demo_mbf_w8a8/student_final.pt")),
               "dlib": ("dlib_resnet", Path("work_dirs/demo_dlib_w8a8/student_final.pt"))}
@@ -111,7 +111,7 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
         students[f"ours int8{' fci' if meta['quant'].get('float_conv_inputs') else ''}"] = trained.eval()
     files = {"fp32 pytorch": work / f"{name}.pt", "fp32 onnxruntime": work / f"{name}_fp32.onnx",
              "fp32 ours": work / f"{name}_fp32_ours.onnx", "quantize_static int8": work / f"{name}_qs.onnx"}
-    files.update({variant: work / f"{name}_{variant.replace(' ', '_')}.onnx" for variant in (*OURS, *VARIANTS[-2:])})
+    files.update({variant: work / f"{name}_{variant.replace(' ', '_')}.onnx" for variant in (*OURS, *PLAIN)})
     if pretrained:
         files["fp32 pytorch"] = ensure_asset(PRETRAINED[name][0])
     else:
