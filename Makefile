@@ -27,7 +27,7 @@ assets: venv
 # teacher, calibration-only baseline, distilled student and the shipped int8 ONNX on real photos.  Without
 # npm the npm teachers are skipped (said so) and the pip-only dlib teacher runs instead.
 demo: venv
-	$(PY) -m tools.demo $(DEMO_CONFIGS) --fallback $(DEMO_FALLBACK) --out work_dirs/demo_report $(if $(SEEDS),--seeds $(SEEDS))
+	$(PY) -m lab.demo $(DEMO_CONFIGS) --fallback $(DEMO_FALLBACK) --out work_dirs/demo_report $(if $(SEEDS),--seeds $(SEEDS))
 
 # Every demo config over three seeds: the report gives each score's mean and spread, and claims only beyond it.
 demo-all: DEMO_CONFIGS := $(ALL_DEMO_CONFIGS)

@@ -15,9 +15,7 @@ continues exactly, and refuses an output whose run had other settings) and, at t
 a row, each generation from the previous one's student (``<output>/gen<g>``).  The work is done by ``distill``.
 
 Exit status: 0 done; 1 a configuration / checkpoint / data error, or the loss became NaN/inf (the
-message names the step; the last good checkpoint is kept).  Setting the environment variable
-``QUANTFACE_RANK_STATE_DIR`` makes every rank save its final student state_dict there as
-``student_rank<r>.pt`` (used to check that DDP ranks end identical).
+message names the step; the last good checkpoint is kept).
 """
 from __future__ import annotations
 

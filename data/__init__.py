@@ -1,5 +1,5 @@
-"""Training data: synthetic faces (DCGAN on the fly, or an image folder) and insightface RecordIO; real
-face photos for evaluation (``data.realfaces``); one image decoder (``data.images``); 5-point alignment."""
+"""Training data: synthetic faces (DCGAN on the fly, or an image folder) and insightface RecordIO; one image
+decoder (``data.images``); 5-point alignment."""
 from data.folder import FaceFolderDataset
 from data.generated import GeneratedFaces
 from data.recordio import RecordIODataset

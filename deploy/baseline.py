@@ -2,7 +2,7 @@
 
 QDQ format, per-channel int8 weights, uint8 activations, min/max calibration on the given batches: the
 settings a user would pick from onnxruntime's documentation.  Used as the baseline row of the demo
-report and of ``tools.bench_deploy``.
+report and of ``lab.bench_deploy``.
 """
 from __future__ import annotations
 

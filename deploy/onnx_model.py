@@ -51,7 +51,7 @@ class OnnxModel(nn.Module):
                                  ) from exc
         props = self.session.get_modelmeta().custom_metadata_map
         if spec is None and SPEC_KEY not in props:
-            raise OnnxModelError(f"{self.path} has no '{SPEC_KEY}' metadata (not exported by tools.export_onnx), so "
+            raise OnnxModelError(f"{self.path} has no '{SPEC_KEY}' metadata (not exported by export_model), so "
                                  "its input normalisation is unknown: give it (eval_benchmarks.py --onnx-input-spec)")
         self.input_spec = spec or InputSpec.from_dict(json.loads(props[SPEC_KEY]))
         self.meta: dict[str, Any] = json.loads(props.get(META_KEY, "{}"))

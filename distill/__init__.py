@@ -3,7 +3,7 @@ intermediate outputs (``features``), on synthetic or real faces.  ``setup`` buil
 it, ``callbacks`` log, verify and checkpoint it, ``train_state`` makes it resumable bit for bit, and
 ``schedule`` gives its learning rate per step."""
 from distill.generations import train_generations
-from distill.loop import FINAL_STUDENT, RANK_STATE_ENV, train
+from distill.loop import FINAL_STUDENT, train
 from distill.setup import TrainingError, prepare_run
 
-__all__ = ["FINAL_STUDENT", "RANK_STATE_ENV", "TrainingError", "prepare_run", "train", "train_generations"]
+__all__ = ["FINAL_STUDENT", "TrainingError", "prepare_run", "train", "train_generations"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,8 @@ from distill.train_state import list_checkpoints, load_training_state, rng_isola
 from utils.config import Config
 from utils.cpu_memory import reuse_freed_cpu_memory
 from utils.distributed import DistEnv, all_reduce_mean
-from utils.fileio import atomic_torch_save
 
 FINAL_STUDENT = "student_final.pt"
-RANK_STATE_ENV = "QUANTFACE_RANK_STATE_DIR"
 
 
 def wrap_ddp(run: Run) -> tuple[nn.Module, nn.Module]:
@@ -110,11 +107,6 @@ def announce(run: Run) -> None:
 def finish(run: Run, callbacks: StepCallbacks, started: float) -> dict[str, Any]:
     """Final verification, ``student_final.pt`` and ``summary.json`` (rank 0); returns the summary."""
     images_per_s = callbacks.images_per_s()
-    if RANK_STATE_ENV in os.environ:
-        folder = Path(os.environ[RANK_STATE_ENV])
-        atomic_torch_save(run.student.state_dict(), folder / f"student_rank{run.env.rank}.pt")
-        if run.kd.learns:  # the projection / margin head, replicated on every rank
-            atomic_torch_save(run.kd.state_dict(), folder / f"loss_rank{run.env.rank}.pt")
     if not run.env.is_main:
         return {}
     if run.bins:

@@ -105,7 +105,7 @@ def test_demo_over_two_seeds_runs_each_into_its_own_output_and_reports_the_sprea
     assert [c[2:] for c in commands] == [
         [str(config), "seed=0", f"output={tmp_path / 'demo_mbf_w4a4'}", "resume=true"],
         [str(config), "seed=1", f"output={tmp_path / 'demo_mbf_w4a4_seed1'}", "resume=true"]]
-    for command in commands:  # what tools.demo runs, in this process
+    for command in commands:  # what lab.demo runs, in this process
         assert train_quantization.main(command[2:]) == 0
     out = tmp_path / "report"
     assert demo_report.main([str(config), "--seeds", "0", "1", "--out", str(out), "--holdout-count", "8"]) == 0

@@ -22,7 +22,7 @@ import quant
 from assets import ensure_asset
 from backbones import get_model, load_float_model
 from data import GeneratedFaces
-from data.realfaces import aligned_real_faces
+from lab.realfaces import aligned_real_faces
 from deploy import ExportError, OnnxModel, OnnxModelError, export_onnx
 from deploy.baseline import quantize_static_baseline
 from deploy.cpu import has_vnni

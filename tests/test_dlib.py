@@ -12,10 +12,10 @@ from assets import ensure_asset
 from backbones import input_spec, load_float_model
 from backbones.dlib_dat import DlibImportError, convert_dat, read_dat
 from data.align import DLIB_TEMPLATE, reframe, reframe_image, reframe_matrix, similarity_transform, template
-from data.realfaces import aligned_real_faces
-from tools.dlib_reference import random_chips
+from lab.realfaces import aligned_real_faces
+from lab.dlib_reference import random_chips
 
-REFERENCE = Path(__file__).parent / "data" / "dlib_reference.npz"  # written by tools.dlib_reference (dlib 20.0.1)
+REFERENCE = Path(__file__).parent / "data" / "dlib_reference.npz"  # written by lab.dlib_reference (dlib 20.0.1)
 SPEC = input_spec("dlib_resnet")
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,8 @@ from data.align import align_face
 from eval.ijb import FAR_LEVELS, IjbFormatError, TemplateAccumulator, evaluate_ijb, far_key, load_ijb, tar_at_far
 from eval.scores import pair_scores
 from test_eval_verification import tiny_net
-from data.realfaces import read_rgb, real_faces
+from data.images import read_rgb
+from lab.realfaces import real_faces
 
 
 def build_mini_ijb(root: Path, target: str = "IJBC", crops: int = 3) -> Path:

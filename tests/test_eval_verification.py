@@ -12,7 +12,7 @@ from scipy import interpolate
 from backbones.spec import InputSpec
 from eval.embed import embed_batches
 from eval.verification import _threshold_at_far, evaluate, load_bin, verify, write_bin
-from data.realfaces import aligned_real_faces
+from lab.realfaces import aligned_real_faces
 
 
 

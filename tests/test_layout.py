@@ -9,8 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # lower floors never import higher ones; packages on one floor never import each other
 FLOORS = {"utils": 0, "backbones": 1, "quant": 2, "assets": 2, "data": 3, "deploy": 3, "eval": 4, "distill": 5,
-          "tools": 6,
-          "train_quantization": 6, "eval_benchmarks": 6}
+          "tools": 6, "train_quantization": 6, "eval_benchmarks": 6, "export_model": 6, "lab": 7}
 TRAINING_PATH = ["distill", "train_quantization.py"]
 MAX_FUNCTION_LINES = 60
 

@@ -23,7 +23,7 @@ from backbones import get_model, load_float_model
 from backbones.layers import Add
 from backbones.onnx_graph import OnnxGraphNet
 from backbones.onnx_import import OnnxImportError
-from data.realfaces import aligned_real_faces
+from lab.realfaces import aligned_real_faces
 from tests.helpers import run_inprocess, write_config
 from utils.checkpoint import read_checkpoint
 

@@ -12,7 +12,7 @@ from backbones import input_spec
 from backbones.spec import InputSpec
 from data.align import ARCFACE_TEMPLATE, similarity_transform
 from data.images import ImageDataError, read_rgb
-from data.realfaces import JOHNS_DIR, aligned_real_faces, johns_faces, real_faces
+from lab.realfaces import JOHNS_DIR, aligned_real_faces, johns_faces, real_faces
 from utils.fileio import sha256_file
 
 

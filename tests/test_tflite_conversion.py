@@ -17,7 +17,7 @@ from assets import ensure_asset
 from backbones import load_float_model
 from utils.checkpoint import read_checkpoint
 from backbones.layers import Add
-from data.realfaces import aligned_real_faces
+from lab.realfaces import aligned_real_faces
 from backbones.tflite import TFLiteImportError, TFLiteGraph, convert_tflite
 
 TOLERANCE = 1e-4

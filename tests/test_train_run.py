@@ -354,10 +354,10 @@ def test_two_process_gloo_run_ends_with_identical_weights_and_ranges_on_both_ran
     shards = [build_train_batches(cfg, input_spec("mbf"), "cpu", rank, 2).plan(0) for rank in (0, 1)]
     assert not set(shards[0].flatten().tolist()) & set(shards[1].flatten().tolist())  # ranks see different faces
 
-    env = {**_script_env(), distill.RANK_STATE_ENV: str(tmp_path / "ranks")}
     launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                               f"--master_port={_free_port()}", str(ROOT / "train_quantization.py"), str(config)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               f"--master_port={_free_port()}", str(ROOT / "tests" / "ddp_rank_state.py"), str(config),
+                               str(tmp_path / "ranks")],
+                              cwd=ROOT, env=_script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _finish(launch)
     rank0 = torch.load(tmp_path / "ranks" / "student_rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "ranks" / "student_rank1.pt", weights_only=True)

@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX: a float model to fp32, a quantized (deploy-mode) student to int8 QDQ.
 
-    python -m tools.export_onnx CHECKPOINT -o OUT.onnx [--network r100] [--int8-weights] [--native-prelu]
-    python -m tools.export_onnx CHECKPOINT --packed OUT.qfpack      # also/instead: the packed low-bit file
+    python export_model.py CHECKPOINT -o OUT.onnx [--network r100] [--int8-weights] [--native-prelu]
+    python export_model.py CHECKPOINT --packed OUT.qfpack      # also/instead: the packed low-bit file
 
 CHECKPOINT is this project's checkpoint (``student_final.pt`` or a float one) or an arcface_torch
 ``backbone.pth`` (give ``--network``).  The int8 graph takes the normalised image batch (dynamic batch

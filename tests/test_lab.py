@@ -1,7 +1,7 @@
-"""Every benchmark tool of tools/ runs end to end at tiny size and prints the ratio it exists for.
+"""Every benchmark and study of lab/ runs end to end at tiny size and prints the ratio it exists for.
 
 (The other tools have their own tests: fetch_assets in test_assets, generate_faces in test_data_generated,
-model_info in test_model_info, demo_report in test_demo, export_onnx in test_deploy.)  compare_recipes, the
+model_info in test_model_info, demo_report in test_demo, export_model in test_deploy.)  compare_recipes, the
 study tool, is here too.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from data import GeneratedFaces
 from deploy import export_onnx
 from deploy.baseline import quantize_static_baseline
 from tests.helpers import optimized_ops
-from tools import bench_data, bench_deploy, bench_eval, bench_quant_step, bench_train, compare_recipes
+from lab import bench_data, bench_deploy, bench_eval, bench_quant_step, bench_train, compare_recipes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ def test_the_plain_reference_runs_every_conv_on_an_integer_kernel(network, tmp_p
 
 
 def test_compare_data_sources_distils_on_each_source(tmp_path, capsys):
-    from tools import compare_data_sources
+    from lab import compare_data_sources
     assert compare_data_sources.main(["--network", "mbf", "--steps", "2", "--batch-size", "4", "--bn-stats-images",
                                       "4", "--bn-stats-steps", "2", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Verification throughput vs bare model forward throughput (goal: ratio >= 0.9).
 
-    python -m tools.bench_eval [--network mbf] [--batch-size 64] [--pairs 300] [--device auto] [--repeats 3]
+    python -m lab.bench_eval [--network mbf] [--batch-size 64] [--pairs 300] [--device auto] [--repeats 3]
 
 Writes a synthetic .bin (JPEG-encoded 112x112 images, as insightface's), then times, on the same model
 and batch size: (a) ``model(x)`` on ready normalised batches already on the device, in NCHW and in

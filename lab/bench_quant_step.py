@@ -1,6 +1,6 @@
 """Training-step cost of quantization: W8A8 student step time / float step time, measured in the same run.
 
-    python -m tools.bench_quant_step --networks r18 mbf --batch-size 32 --steps 10
+    python -m lab.bench_quant_step --networks r18 mbf --batch-size 32 --steps 10
 
 One step = forward, MSE to a fixed target, backward, SGD update.  Quantized students are measured
 with observers frozen (fixed-range training, the bulk of a QuantFace run) and, separately, while

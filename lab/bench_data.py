@@ -1,6 +1,6 @@
 """Is the data pipeline fast enough?  Images/s of each data source vs forward+backward of a backbone.
 
-    python -m tools.bench_data [--count 640] [--batch-size 32] [--workers 2] [--network mbf] [--device auto]
+    python -m lab.bench_data [--count 640] [--batch-size 32] [--workers 2] [--network mbf] [--device auto]
 
 Writes ``count`` generated faces as a PNG folder (``tools.generate_faces``) and as a JPEG RecordIO
 (quality 95, as insightface's faces_emore), then times one epoch of ``build_train_batches`` for the

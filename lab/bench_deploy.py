@@ -1,6 +1,6 @@
 """Deployment speed, memory and size: fp32 PyTorch, fp32 onnxruntime, onnxruntime's quantize_static and ours.
 
-    python -m tools.bench_deploy [--networks r18 r50 mbf vargfacenet] [--demo] [--batches 1 32] [--threads 1 2]
+    python -m lab.bench_deploy [--networks r18 r50 mbf vargfacenet] [--demo] [--batches 1 32] [--threads 1 2]
 
 Per backbone (random weights, BatchNorm statistics from one pass over generated faces: speed does not
 depend on the values) the float model is exported to fp32 ONNX as a user would (``PRelu`` nodes, as
@@ -148,7 +148,7 @@ def measure(path: Path, batches: list[int], threads: list[int], repeats: int, si
 
 
 def _child(path: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, "-m", "tools.bench_deploy", "--measure", str(path), "--size", str(size),
+    command = [sys.executable, "-m", "lab.bench_deploy", "--measure", str(path), "--size", str(size),
                "--repeats", str(args.repeats),
                "--batches", *map(str, args.batches), "--threads", *map(str, args.threads)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=3600)

@@ -1,6 +1,6 @@
 """Which data distils best without real data?  DCGAN faces vs BatchNorm-statistics images vs Gaussian noise.
 
-    python -m tools.compare_data_sources [--network r18] [--steps 60] [--batch-size 16] [--out DIR]
+    python -m lab.compare_data_sources [--network r18] [--steps 60] [--batch-size 16] [--out DIR]
 
 A teacher with BatchNorm statistics is needed (the pretrained teachers here have theirs folded), so the
 teacher is a seeded random-init ``--network`` whose statistics come from one pass over generated faces:
@@ -20,7 +20,7 @@ import torch
 from assets import ensure_asset
 from backbones import get_model
 from data import GeneratedFaces
-from data.realfaces import aligned_real_faces
+from lab.realfaces import aligned_real_faces
 from distill import train
 from eval.agreement import embedding_agreement
 from eval.embed import embed_batches

@@ -1,6 +1,6 @@
 """The README's first command: fetch what the demo configs need, distil each, then report.
 
-    python -m tools.demo config/demo_mbf_w8a8.py [more configs] [--fallback config/demo_dlib_w8a8.py] [--seeds 0 1 2]
+    python -m lab.demo config/demo_mbf_w8a8.py [more configs] [--fallback config/demo_dlib_w8a8.py] [--seeds 0 1 2]
 
 A config whose teacher cannot be fetched because its registry client is missing (the MobileFaceNets come
 from npm) is skipped, saying which teacher and why; when every config is skipped, ``--fallback`` (a config
@@ -8,7 +8,7 @@ whose teacher comes from pip) runs instead, so a machine with Python alone still
 failure (a checksum mismatch, no network) stops with its message.  Each run resumes (``resume=true``): a
 finished run is not redone.  ``--seeds``: each config is run once per seed (the config's own seed in its own
 output, another in ``<output>_seed<S>``) and the report gives every score's mean and spread over them.  The
-report is ``tools.demo_report`` on the runs that took place.
+report is ``lab.demo_report`` on the runs that took place.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from assets import AssetError, ClientMissing, asset_for_path, ensure_asset
-from tools.demo_report import seed_output
+from lab.demo_report import seed_output
 from utils.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(command, cwd=REPO).returncode != 0:
             print(f"error: training {command[2]} failed (its output is above)", file=sys.stderr)
             return 1
-    report = [sys.executable, "-m", "tools.demo_report", *(c.config_file for c in runnable), "--out", args.out,
+    report = [sys.executable, "-m", "lab.demo_report", *(c.config_file for c in runnable), "--out", args.out,
               *(["--seeds", *map(str, args.seeds)] if args.seeds else [])]
     code = subprocess.run(report, cwd=REPO).returncode
     for line in skipped:  # repeated under the table, where a user reads last

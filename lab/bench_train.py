@@ -1,13 +1,13 @@
 """Training throughput of the real QuantFace loop (``train_quantization.train``) for W8A8 students.
 
-    python -m tools.bench_train --networks mbf r18 --batch-size 32 --steps 12
+    python -m lab.bench_train --networks mbf r18 --batch-size 32 --steps 12
 
 Per backbone: a seeded random-init teacher checkpoint and a folder of images are written to a temp
 folder, then the training script's own ``train()`` runs ``--steps`` steps (teacher forward, student
 forward/backward, distillation loss, clipping, SGD, observers frozen after ``--observer-steps``).
 Reported: images/s of the whole loop (median of per-step rates after the observation phase and one
 more warm-up step), and the step-time ratio of the quantized student vs the same model in float
-from ``tools.bench_quant_step`` (interleaved in this run, so machine load affects both alike).
+from ``lab.bench_quant_step`` (interleaved in this run, so machine load affects both alike).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 
 from backbones import get_model
 from distill import train
-from tools.bench_quant_step import bench_network
+from lab.bench_quant_step import bench_network
 from utils.checkpoint import save_checkpoint
 from utils.config import load_config
 from utils.distributed import init_distributed

@@ -1,9 +1,9 @@
 """How well do the distilled students still recognise real faces?  The demo's evaluation.
 
-    python -m tools.demo_report config/demo_mbf_w8a8.py [config/demo_mbf_w4a4.py ...] [--out DIR]
+    python -m lab.demo_report config/demo_mbf_w8a8.py [config/demo_mbf_w4a4.py ...] [--out DIR]
 
 For each config (after ``train_quantization.py`` has run it) this compares, against the config's own teacher
-and on that teacher's alignment, models on the real photos of ``data.realfaces`` (evaluation only, never
+and on that teacher's alignment, models on the real photos of ``lab.realfaces`` (evaluation only, never
 trained on), on held-out generated faces (``--holdout-seed``, never trained on) and, when ``../shared`` is
 beside the checkout, on the 55 johns faces (5 people: agreement, genuine/impostor means, TAR at FAR 1e-2):
 the float teacher, the post-training-quantization baseline
@@ -31,7 +31,7 @@ import quant
 from backbones import load_float_model
 from backbones.spec import InputSpec
 from data import GeneratedFaces, build_train_batches
-from data.realfaces import JOHNS_DIR, aligned_real_faces, johns_faces
+from lab.realfaces import JOHNS_DIR, aligned_real_faces, johns_faces
 from eval.agreement import compare_models
 from eval.embed import embed_batches
 from deploy import OnnxModel, export_onnx

@@ -1,8 +1,8 @@
 """Which recipe keeps a quantized student closest to its teacher on real faces?  One config, named variants,
 several seeds, scored as the demo report scores.
 
-    python -m tools.compare_recipes config/demo_dlib_w4a4.py --study augmentation [--seeds 0 1 2] [--out DIR]
-    python -m tools.compare_recipes CONFIG --variant "none:" --variant "crops: augment_crop=0.8" ...
+    python -m lab.compare_recipes config/demo_dlib_w4a4.py --study augmentation [--seeds 0 1 2] [--out DIR]
+    python -m lab.compare_recipes CONFIG --variant "none:" --variant "crops: augment_crop=0.8" ...
 
 Each (variant, seed) runs ``train_quantization.py CONFIG <overrides> seed=S output=OUT/<variant>/seed<S>
 resume=true`` (a finished run is not redone, so a stopped study goes on where it stopped), then its distilled
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import quant
-from data.realfaces import JOHNS_DIR
+from lab.realfaces import JOHNS_DIR
 from eval.report import markdown_table
-from tools.demo import train_command
-from tools.demo_report import (HOLDOUT_COUNT, HOLDOUT_SEED, beyond_spread, mean_and_spread, score_model,
+from lab.demo import train_command
+from lab.demo_report import (HOLDOUT_COUNT, HOLDOUT_SEED, beyond_spread, mean_and_spread, score_model,
                                teacher_face_sets)
 from utils.config import Config, ConfigError, load_config
 from utils.distributed import resolve_device

@@ -1,10 +1,10 @@
 """Record dlib's own face descriptors, the reference the dlib importer is tested against.
 
     pip install dlib-bin==20.0.1.post1    # dlib itself: for this tool only, never a toolkit dependency
-    python -m tools.dlib_reference [--out tests/data/dlib_reference.npz]
+    python -m lab.dlib_reference [--out tests/data/dlib_reference.npz]
 
 Inputs: seeded random 150x150 chips (the same on every machine) and the real photos aligned onto the
-dlib chip template by ``data.realfaces``.  Outputs: dlib's ``compute_face_descriptor`` of each chip:
+dlib chip template by ``lab.realfaces``.  Outputs: dlib's ``compute_face_descriptor`` of each chip:
 the random chips test the importer exactly, the real ones the alignment (to within image-library noise).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from assets import ensure_asset
 from backbones import input_spec
-from data.realfaces import aligned_real_faces
+from lab.realfaces import aligned_real_faces
 
 RANDOM_SEED, RANDOM_CHIPS = 20170309, 4
 
