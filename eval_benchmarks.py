@@ -4,7 +4,7 @@
         --targets lfw,cfp_fp,agedb_30,calfw,cplfw --ijb IJBC --ijb-dir /data/IJB_release --out work_dirs/eval
 
 Float checkpoints, quantized students, bare arcface_torch state_dicts (give ``--network r100``), packed
-students (``.qfpack``) and exported ``.onnx`` models (run by onnxruntime: the file you ship is what is
+students (``.qfpack``) and exported ``.onnx`` models (run by onnxruntime or OpenVINO, ``--runtime``: the file you ship is what is
 measured) are accepted alike (``deploy.loading.load_model_file``).  Faces are aligned and normalised as the network's declared
 input spec says (``backbones.registry``).  Outputs in ``--out``: ``results.json`` (every number, rewritten
 after each checkpoint), ``results.md`` (one row per checkpoint, as in the QuantFace paper's tables),
@@ -25,15 +25,15 @@ import torch
 from backbones.spec import spec_with
 from eval.embed import DEFAULT_WORKERS
 from eval.ijb import TARGETS as IJB_TARGETS
-from eval.ijb import IjbFormatError, IjbSet, evaluate_ijb, far_key, load_ijb
+from eval.ijb import IjbSet, evaluate_ijb, far_key, load_ijb
 from eval.report import IJB_COLUMNS, TABLE_FAR, benchmark_table, bits_label, checkpoint_labels, plot_roc, thin_curve
-from eval.safe_pickle import UnsafePickleError
-from eval.verification import BinFormatError, find_bins, verify
-from deploy import ExportError, OnnxModelError
+from eval.verification import find_bins, verify
 from deploy.loading import load_model_file
+from deploy.openvino_runtime import RUNTIMES
 from utils.checkpoint import CheckpointError
 from utils.distributed import resolve_device
-from utils.fileio import atomic_write_json, atomic_write_text
+from utils.errors import QuantFaceError, report
+from utils.fileio import atomic_write_json, atomic_write_text, check_writable_dir, created_folder
 
 DEFAULT_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
 
@@ -48,10 +48,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ijb", default="", help="IJBB, IJBC or IJBB,IJBC")
     parser.add_argument("--ijb-dir", default=None,
                         help="released IJB folder (holding meta/ and loose_crop/, or IJBB/ and IJBC/ folders)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="images per batch (with the flip test one forward runs the batch and its mirror)")
     parser.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="image decoding threads")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help=".onnx files: onnxruntime, openvino, or auto (default: the faster of the two on this "
+                             "machine by a short timed probe on the file, where their outputs agree; said in the output)")
     parser.add_argument("--onnx-input-spec", default=None, metavar="JSON",
                         help="input of .onnx files not exported by this toolkit (which records it), as JSON with "
                              'keys size mean std channels alignment, e.g. \'{"channels": "BGR", "std": [128, 128, 128]}\'; '
@@ -83,13 +87,16 @@ def evaluate_checkpoint(path: str, label: str, args: argparse.Namespace, device:
                         bins: dict[str, Path], ijb_sets: dict[str, IjbSet], out: Path,
                         curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
     """Every requested benchmark for one checkpoint; IJB ROC curves are added to ``curves``."""
-    model, meta, size_mb = load_model_file(path, args.network, onnx_spec=args.onnx_input_spec)
+    model, meta, size_mb = load_model_file(path, args.network, onnx_spec=args.onnx_input_spec, runtime=args.runtime)
     model.to(device)
     entry: dict[str, Any] = {"label": label, "path": str(path), "network": meta.get("network", args.network),
                              "bits": bits_label(meta), "size_mb": size_mb, "runtime": type(model).__name__,
                              "quant": meta.get("quant"), "input_spec": model.input_spec.to_dict(),
                              "verification": {}, "ijb": {}}
     print(f"== {label}: {entry['network']} {entry['bits']} {entry['size_mb']:.2f} MB ({path})", flush=True)
+    if "runtime" in meta:
+        entry["runtime_choice"] = meta["runtime"]
+        print(f"[{label}] runtime: {meta['runtime']}", flush=True)
     for target, bin_path in bins.items():
         r = verify(model, bin_path, device, args.batch_size, workers=args.workers)
         entry["verification"][target] = r
@@ -109,9 +116,15 @@ def evaluate_checkpoint(path: str, label: str, args: argparse.Namespace, device:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate every checkpoint; returns the JSON document written to ``<out>/results.json``."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Evaluate every checkpoint; returns the JSON document written to ``<out>/results.json``.  ``--out`` is
+    checked before any work and created for it; a run that fails leaves no empty folder behind."""
+    check_writable_dir(args.out, "--out")
+    with created_folder(args.out) as out:
+        return evaluate_all(args, out)
+
+
+def evaluate_all(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """``run``'s work, into the existing folder ``out``."""
     device = resolve_device(args.device)
     missing = [p for p in args.checkpoint if not Path(p).is_file()]
     if missing:
@@ -139,10 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (FileNotFoundError, CheckpointError, BinFormatError, UnsafePickleError, IjbFormatError, OnnxModelError,
-            ExportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except QuantFaceError as exc:
+        return report(exc)
     return 0
 
 

@@ -24,9 +24,13 @@ import quant
 from deploy import ExportError, export_onnx
 from deploy.cpu import has_vnni
 from deploy.onnx_export import uint8_weight_layers
+from deploy.loading import PACKED_SUFFIX
 from deploy.packed import save_packed
 from eval.report import bits_label
-from utils.checkpoint import CheckpointError
+from utils.errors import QuantFaceError, report
+from utils.fileio import check_writable_dir
+
+EXPORTED_SUFFIXES = (".onnx", PACKED_SUFFIX)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.output and not args.packed:
         parser.error("nothing to write: give -o OUT.onnx and/or --packed OUT.qfpack")
     try:
+        check_inputs(args)
         model, meta = quant.load_any_model(args.checkpoint, args.network)
         fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 1e6
         label = bits_label(meta)
@@ -61,10 +66,20 @@ def main(argv: list[str] | None = None) -> int:
             path = save_packed(Path(args.packed), model, meta)
             print(f"wrote {path}: {label}, {path.stat().st_size / 1e6:.2f} MB "
                   f"({path.stat().st_size / 1e6 / fp32_mb:.3f}x the {fp32_mb:.2f} MB of fp32 parameters)")
-    except (CheckpointError, ExportError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except QuantFaceError as exc:
+        return report(exc)
     return 0
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Before anything loads: the input is a training checkpoint, not an exported file, and every output's
+    folder can be written."""
+    if Path(args.checkpoint).suffix.lower() in EXPORTED_SUFFIXES:
+        raise ExportError(f"{args.checkpoint}: export takes a training checkpoint (.pt); this is already an "
+                          "exported file")
+    for flag, path in (("-o", args.output), ("--packed", args.packed)):
+        if path:
+            check_writable_dir(Path(path).parent, f"{flag} folder")
 
 
 if __name__ == "__main__":

@@ -14,37 +14,45 @@ continues exactly, and refuses an output whose run had other settings) and, at t
 ``student_final.pt`` (``quant.load_quantized``) and ``summary.json``.  ``generations=N`` distils N times in
 a row, each generation from the previous one's student (``<output>/gen<g>``).  The work is done by ``distill``.
 
-Exit status: 0 done; 1 a configuration / checkpoint / data error, or the loss became NaN/inf (the
-message names the step; the last good checkpoint is kept).
+Exit status (docs/errors.md): 0 done; 2 bad input (a config, checkpoint, data file or output folder that
+cannot be used; checked before anything loads where it can be); 1 a run that failed on the way (disk full,
+Ctrl-C, a loss that became NaN/inf), each one line naming the step or file; ``resume=true`` continues.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-import quant
-from distill import TrainingError, train_generations
-from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, load_config
+from distill import train_generations
+from utils.config import BASE_CONFIG, field_sections, load_config
 from utils.distributed import cleanup, init_distributed
+from utils.errors import QuantFaceError, report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="experiment config file, e.g. config/r100_w8a8_synthetic.py")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. batch_size=64 resume=true")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"config fields (each with its default and meaning in {BASE_CONFIG.relative_to(BASE_CONFIG.parents[1])}; "
+               f"recipes in config/, docs/training.md):\n{field_sections()}")
+    parser.add_argument("config", help="config file, e.g. config/r100_synthetic.py")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value config overrides, e.g. teacher=backbone.pth weight_bits=6 act_bits=6")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every field) and exit without training")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(cfg.to_python(), end="")
+            return 0
         env = init_distributed(cfg.device)
-    except (ConfigError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except QuantFaceError as exc:
+        return report(exc)
     try:
         train_generations(cfg, env)
-    except (TrainingError, CheckpointError, ConfigError, quant.QuantConfigError, quant.QuantizeError) as exc:
-        print(f"\nerror (rank {env.rank}): {exc}", file=sys.stderr, flush=True)
-        return 1
+    except QuantFaceError as exc:
+        print(file=sys.stderr)  # below the progress bar
+        return report(exc, f"error (rank {env.rank})" if env.distributed else "error")
     finally:
         cleanup()
     return 0

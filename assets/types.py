@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from utils.errors import RunError
 
-class AssetError(RuntimeError):
+
+class AssetError(RunError, RuntimeError):
     """An asset cannot be fetched or verified; the message says which file and what to do."""
 
 

@@ -24,12 +24,13 @@ import torch
 from backbones.converted import write_converted
 from backbones.dlib_resnet import INPUT_SPEC, STAGES, DlibResNet
 from utils.checkpoint import load_state_strict
+from utils.errors import InputError
 
 NETWORK = "dlib_resnet"
 CONVERTER_VERSION = 1
 
 
-class DlibImportError(ValueError):
+class DlibImportError(InputError, ValueError):
     """The .dat is not dlib's ResNet-29 face model; the message names the byte offset and the layer."""
 
 

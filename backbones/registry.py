@@ -16,6 +16,7 @@ from backbones.mobilefacenet import mobilefacenet, mobilefacenet_large
 from backbones.onnx_graph import onnx_graph
 from backbones.spec import ARCFACE, InputSpec
 from backbones.vargfacenet import vargfacenet
+from utils.errors import InputError
 
 # spec None: the model's input spec is one of its constructor keywords (``input_spec``)
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], InputSpec | None]] = {
@@ -33,6 +34,10 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], InputSpec | None]] = {
 }
 
 
+class BackboneError(InputError, ValueError):
+    """A backbone name (or its keywords) given by the user is not one this registry can build."""
+
+
 def available_models() -> list[str]:
     """Names accepted by ``get_model``."""
     return sorted(_REGISTRY)
@@ -42,7 +47,7 @@ def _entry(name: str) -> tuple[Callable[..., nn.Module], InputSpec | None]:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown backbone '{name}'{hint} (available: {', '.join(available_models())})")
+        raise BackboneError(f"unknown backbone '{name}'{hint} (available: {', '.join(available_models())})")
     return _REGISTRY[name]
 
 
@@ -54,7 +59,7 @@ def input_spec(name: str, network_kwargs: Mapping[str, Any] | None = None) -> In
     if network_kwargs and "input_spec" in network_kwargs:
         return InputSpec.from_dict(network_kwargs["input_spec"])
     if spec is None:
-        raise ValueError(f"backbone '{name}' takes its input spec from its network_kwargs, and none were given")
+        raise BackboneError(f"backbone '{name}' takes its input spec from its network_kwargs, and none were given")
     return spec
 
 

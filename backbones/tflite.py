@@ -21,6 +21,7 @@ from backbones.layers import Add
 from backbones.converted import write_converted
 from backbones.mfn_tflite import ConvAct, mfn_tflite
 from utils.checkpoint import load_state_strict
+from utils.errors import InputError
 
 CONVERTER_VERSION = 2  # 2: metadata records the model's input spec instead of input_mean / input_std
 NETWORK = "mfn_tflite"
@@ -30,7 +31,7 @@ _NUMPY_TYPES = {tflite.TensorType.FLOAT32: np.float32, tflite.TensorType.FLOAT16
                 tflite.TensorType.INT32: np.int32}
 
 
-class TFLiteImportError(ValueError):
+class TFLiteImportError(InputError, ValueError):
     """The .tflite file is not the expected graph; the message names the op and what differs."""
 
 

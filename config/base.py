@@ -25,11 +25,12 @@ weight_symmetric = None       # per-channel weights: True symmetric, False asymm
 weight_observer = "minmax"    # weight range: minmax (current per-channel min/max every step) | lsq (learned step size, min/max init)
 act_observer = "minmax"       # activation range estimator: minmax | ema | percentile | lsq (learned step size)
 lsq_init = "minmax"           # act_observer="lsq": estimator of the initial ranges that are then learned (minmax | ema | percentile)
-act_percentile = 99.99        # percentile for act_observer="percentile" (or lsq_init="percentile")
+act_percentile = 99.99        # percentile for act_observer="percentile" (or lsq_init="percentile"); 0 = by width: 99.9999 at 8 bits, 99.99 below
 ema_momentum = 0.01           # update rate for act_observer="ema"
 calibration_batches = 0       # batches whose activation ranges are observed (and frozen) before training; 0 = none
 observer_steps = 300          # training steps that (go on) observing activation ranges, then they are frozen; 0 = none
 layer_bits = {}               # mixed precision: {"module-name glob": [weight_bits, act_bits]}, e.g. {"conv1": [8, 8], "fc": [8, 8]}
+size_budget = 0.0             # > 0: weight widths per layer from the teacher's measured sensitivity so the weights fit this share of the fp32 size (e.g. 0.15; docs/quantization.md); 0 = off
 bias_correction = False       # after calibration (needs calibration_batches >= 1), give each quantized layer's bias back the mean output shift quantization caused
 equalize = False              # rescale channels between adjacent layers (exact through PReLU/ReLU) so per-tensor activation ranges fit every channel; uses the first training batches
 quantize_prelu_input = False  # quant_mode="deploy": quantize each PReLU's input too, so the conv before it runs as an integer kernel (the PReLU itself in float between them)
@@ -58,14 +59,8 @@ image_size = None             # network input side; None = the model's declared 
 input_mean = None             # pixel mean of (x - mean) / std; None = the model's declared spec (127.5 for every backbone here); a different value is an error
 input_std = None              # pixel std of (x - mean) / std; None = the model's declared spec (127.5 insightface, 128 mfn_tflite); a different value is an error
 random_flip = True            # random horizontal flip of training images
-augment_crop = 1.0            # smallest random square crop, as a share of the face's area (resized back); 1 = off
-augment_rotate = 0.0          # largest random rotation in degrees, either way; 0 = off
-augment_color = 0.0           # brightness, contrast and saturation each scaled by a random factor in [1 - x, 1 + x]; 0 = off
-augment_blur = 0.0            # share of training faces blurred or sharpened (half each); 0 = off
-augment_mixup = 0.0           # largest share of the batch's next face blended into each face; 0 = off
-generator_upsample = "bicubic"  # data_source="generator": how the 64-px DCGAN faces are enlarged: bicubic | bilinear | sharp (bicubic + unsharp mask)
-latent_interpolation = 0.0    # data_source="generator": share of faces made from a point between two random latents
-num_workers = 2               # DataLoader worker processes (folder / recordio)
+num_workers = 8               # DataLoader worker processes (folder / recordio), at most one per CPU core
+skip_unreadable_images = False  # folder / recordio: leave out an image that cannot be decoded (counted, reported at the end) instead of stopping with its name
 
 # ---- optimisation -------------------------------------------------------------------------------
 batch_size = 128              # images per GPU (per process)
@@ -93,7 +88,7 @@ warmup_steps = 0              # linear warm-up steps
 amp = True                    # mixed precision on CUDA (ignored on CPU)
 
 # ---- run ----------------------------------------------------------------------------------------
-output = "work_dirs/run"      # output folder: checkpoints, config used, metrics, summary
+output = ""                   # output folder: checkpoints, config used, metrics, summary; "" = work_dirs/<config name>[_<network>]_w<W>a<A>
 save_every = 1000             # checkpoint every N steps (and at the end)
 keep_last = 3                 # checkpoints kept
 resume = False               # continue from the last checkpoint in output
@@ -111,3 +106,12 @@ eval_batch_size = 64          # batch size for verification
 # ---- assets -------------------------------------------------------------------------------------
 assets_dir = os.environ.get("QUANTFACE_ASSETS", "~/.cache/quantface")  # asset cache (tools/fetch_assets.py)
 config_file = ""              # set by the loader: the experiment file this config came from
+
+# ---- experimental: data options measured not to help (docs/data.md); kept for the studies in lab/ ---------
+augment_crop = 1.0            # smallest random square crop, as a share of the face's area (resized back); 1 = off
+augment_rotate = 0.0          # largest random rotation in degrees, either way; 0 = off
+augment_color = 0.0           # brightness, contrast and saturation each scaled by a random factor in [1 - x, 1 + x]; 0 = off
+augment_blur = 0.0            # share of training faces blurred or sharpened (half each); 0 = off
+augment_mixup = 0.0           # largest share of the batch's next face blended into each face; 0 = off
+generator_upsample = "bicubic"  # data_source="generator": how the 64-px DCGAN faces are enlarged: bicubic | bilinear | sharp (bicubic + unsharp mask)
+latent_interpolation = 0.0    # data_source="generator": share of faces made from a point between two random latents

@@ -1,8 +1,5 @@
-"""iResNet-100 teacher (arcface_torch ``r100``, 512-D), QuantFace synthetic-data setting.
-
-The ``r100_w*a*_synthetic.py`` files add bit widths.
-"""
-_base_ = "quantface_synthetic.py"
+"""iResNet-100 (arcface_torch ``r100``, 512-D): the exportable student, distilled on generated faces."""
+_base_ = "synthetic.py"
 
 network = "r100"
-teacher = "pretrained/ms1mv2_arcface_r100/backbone.pth"  # arcface_torch backbone.pth (user supplies)
+teacher = "pretrained/ms1mv2_arcface_r100/backbone.pth"  # your arcface_torch backbone.pth (or teacher=PATH)

@@ -1,8 +1,5 @@
-"""iResNet-18 teacher (arcface_torch ``r18``, 512-D), QuantFace real-data setting.
-
-The ``r18_w*a*_real.py`` files add bit widths.
-"""
-_base_ = "quantface_real.py"
+"""iResNet-18 (arcface_torch ``r18``, 512-D): the exportable student, distilled on a RecordIO set."""
+_base_ = "real.py"
 
 network = "r18"
-teacher = "pretrained/ms1mv2_arcface_r18/backbone.pth"  # arcface_torch backbone.pth (user supplies)
+teacher = "pretrained/ms1mv2_arcface_r18/backbone.pth"  # your arcface_torch backbone.pth (or teacher=PATH)

@@ -1,8 +1,5 @@
-"""iResNet-50 teacher (arcface_torch ``r50``, 512-D), QuantFace real-data setting.
-
-The ``r50_w*a*_real.py`` files add bit widths.
-"""
-_base_ = "quantface_real.py"
+"""iResNet-50 (arcface_torch ``r50``, 512-D): the exportable student, distilled on a RecordIO set."""
+_base_ = "real.py"
 
 network = "r50"
-teacher = "pretrained/ms1mv2_arcface_r50/backbone.pth"  # arcface_torch backbone.pth (user supplies)
+teacher = "pretrained/ms1mv2_arcface_r50/backbone.pth"  # your arcface_torch backbone.pth (or teacher=PATH)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.keyed_random import keyed_uniforms
+from data.keyed_random import keyed_uniforms, to_device
 
 _LUMA = (0.299, 0.587, 0.114)
 _BLUR_RADIUS = 3  # 7-tap Gaussian: enough for sigma up to 1.5
@@ -63,7 +63,7 @@ class Augmentation:
         """uint8 [B, 3, H, W] faces (sample ``indices`` of ``epoch``) augmented, uint8 again."""
         if not self.active:
             return images
-        u = keyed_uniforms(seed, "augment", epoch, np.asarray(indices), _DRAWS).to(images.device)
+        u = to_device(keyed_uniforms(seed, "augment", epoch, np.asarray(indices), _DRAWS), images.device)
         x = images.float()
         if self.crop < 1.0 or self.rotate > 0.0:
             x = self._geometry(x, u[:, 0:4])

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 from data.align import reframe_image
+from utils.errors import InputError
 
 SOURCE_ALIGNMENT = "arcface_112"  # how insightface-format data (.rec, .bin, face folders) is aligned
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class ImageDataError(ValueError):
+class ImageDataError(InputError, ValueError):
     """An image file or record cannot be used; the message names it and what to do."""
 
 

@@ -59,6 +59,14 @@ def keyed_uniforms(seed: int, stream: str, epoch: int, indices: Sequence[int] | 
     return torch.from_numpy(_unit(words).astype(np.float32))
 
 
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-made ``values`` on ``device`` without stalling the host: a plain ``.to("cuda")`` of pageable memory
+    waits for the GPU to finish its queue; a pinned, asynchronous copy does not."""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
+
+
 def keyed_coins(seed: int, stream: str, epoch: int, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
     """bool [len(indices)] fair coin flips keyed by (seed, stream, epoch, index)."""
     words = keyed_words(seed, stream, epoch, np.asarray(indices, dtype=np.int64))

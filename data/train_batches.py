@@ -10,6 +10,7 @@ range calibration, bias correction).  Pixels are normalised as the model's ``Inp
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,8 +23,8 @@ from data.bn_statistics import cached_bn_statistics_faces
 from data.folder import FaceFolderDataset
 from data.generated import GeneratedFaces
 from backbones.spec import InputSpec
-from data.images import flip_where, to_chw
-from data.keyed_random import keyed_coins, keyed_normals, keyed_permutation
+from data.images import ImageDataError, flip_where, to_chw
+from data.keyed_random import keyed_coins, keyed_normals, keyed_permutation, to_device
 from data.recordio import RecordIODataset
 
 BN_STATS_FILE = "bn_stats_faces.pt"
@@ -33,7 +34,10 @@ BatchSource = Callable[[torch.Tensor], Iterator[tuple[torch.Tensor, torch.Tensor
 
 
 class _RawImages(Dataset):
-    """(uint8 [3, S, S] image, class) of a folder/RecordIO dataset (flip and normalisation happen batched)."""
+    """(uint8 [3, S, S] image, class, problem) of a folder/RecordIO dataset (flip and normalisation happen
+    batched).  An unreadable image comes back black with the reason as ``problem`` (else ""): the main
+    process then stops with that one line or skips the image, where a worker's exception would reach the
+    user as two tracebacks."""
 
     def __init__(self, dataset: FaceFolderDataset | RecordIODataset) -> None:
         self.dataset = dataset
@@ -41,11 +45,16 @@ class _RawImages(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if isinstance(self.dataset, RecordIODataset):
-            image, label = self.dataset.record(index)
-            return to_chw(image), label
-        return to_chw(self.dataset.read(index)), NO_LABEL
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            if isinstance(self.dataset, RecordIODataset):
+                image, label = self.dataset.record(index)
+            else:
+                image, label = self.dataset.read(index), NO_LABEL
+        except ImageDataError as exc:
+            size = self.dataset.size
+            return torch.zeros(3, size, size, dtype=torch.uint8), NO_LABEL, str(exc)
+        return to_chw(image), label, ""
 
 
 class _PlanSampler(Sampler):
@@ -64,19 +73,33 @@ class _PlanSampler(Sampler):
 class _LoaderSource:
     """Decode images in ``num_workers`` DataLoader worker processes; pinned, asynchronous copies on CUDA.
 
-    Workers must not call ``cv2.setNumThreads``: after a fork it deadlocks when the parent's OpenCV
-    thread pool was asleep (plain OpenCV calls are fork-safe).
+    An unreadable image stops training with one line naming it, or with ``skip_unreadable`` is left out
+    of its batch and its reason kept in ``skipped`` (once per image).  Workers must not call
+    ``cv2.setNumThreads``: after a fork it deadlocks when the parent's OpenCV thread pool was asleep
+    (plain OpenCV calls are fork-safe).
     """
 
-    def __init__(self, dataset: FaceFolderDataset | RecordIODataset, num_workers: int, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, dataset: FaceFolderDataset | RecordIODataset, num_workers: int, device: torch.device,
+                 skip_unreadable: bool = False) -> None:
+        self.device, self.skip_unreadable = device, skip_unreadable
+        self.skipped: dict[str, None] = {}  # reasons, in the order met
         self.sampler = _PlanSampler()
+        num_workers = min(num_workers, os.cpu_count() or 1)  # more processes than cores only contend
         self.loader = DataLoader(_RawImages(dataset), batch_sampler=self.sampler, num_workers=num_workers,
                                  pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
 
     def __call__(self, plan: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.plan = plan
-        for images, labels in self.loader:
+        for images, labels, problems in self.loader:
+            readable = torch.tensor([not problem for problem in problems])
+            if not readable.all():
+                first = next(problem for problem in problems if problem)
+                if not self.skip_unreadable:
+                    raise ImageDataError(f"{first}; or set skip_unreadable_images=True to train without it")
+                if not readable.any():
+                    raise ImageDataError(f"every image of a batch is unreadable, e.g. {first}")
+                self.skipped.update(dict.fromkeys(problem for problem in problems if problem))
+                images, labels = images[readable], labels[readable]
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
@@ -128,13 +151,18 @@ class TrainBatches:
         plan = self.plan(epoch, start_batch, shard)
         for indices, (images, labels) in zip(plan, self.source(plan)):
             if self.random_flip:
-                images = flip_where(images, keyed_coins(self.seed, "flip", epoch, indices.numpy()))
+                images = flip_where(images, to_device(keyed_coins(self.seed, "flip", epoch, indices.numpy()),
+                                                      images.device))
             images = self.augmentation(images, self.seed, epoch, indices.numpy())
             yield self.spec.normalise(images), labels
 
     def calibration(self) -> Iterator[torch.Tensor]:
         """Epoch 0 as one process sees it: identical batches on every rank."""
         return self.epoch(0, shard=False)
+
+    def unreadable(self) -> list[str]:
+        """Why each image skipped so far (``skip_unreadable_images``) could not be read, one line per image."""
+        return list(getattr(self.source, "skipped", ()))
 
 
 def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: int = 0, world_size: int = 1,
@@ -169,7 +197,7 @@ def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: 
                              "train.rec and train.idx)")
         dataset_type = FaceFolderDataset if kind == "folder" else RecordIODataset
         dataset = dataset_type(cfg.data_path, size=spec.size, alignment=spec.alignment)
-        source, length = _LoaderSource(dataset, cfg.num_workers, device), len(dataset)
+        source, length = _LoaderSource(dataset, cfg.num_workers, device, cfg.skip_unreadable_images), len(dataset)
     else:
         raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder', 'recordio', 'bn_stats' or "
                          "'noise'")

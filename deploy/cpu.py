@@ -24,3 +24,9 @@ def cpu_description() -> str:
     name, flags = _cpuinfo()
     isa = [f for f in ("avx512_vnni", "avx_vnni", "avx512f", "avx2") if f in flags]
     return f"{name} ({isa[0] if isa else 'no AVX2'})"
+
+
+def isa_flags() -> str:
+    """Which of the integer-kernel ISAs this CPU has, each named with yes/no (what a speed figure depends on)."""
+    flags = _cpuinfo()[1]
+    return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni"))

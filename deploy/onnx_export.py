@@ -49,6 +49,7 @@ from quant.layers import (QuantAdd, QuantConv2d, QuantLinear, QuantMul, QuantPRe
                           bias_scale, input_scale)
 from quant.quantizer import FakeQuantizer, used_scale
 from utils.fileio import atomic_write_bytes
+from utils.errors import InputError
 from utils.modes import eval_mode
 
 OPSET = 17
@@ -56,7 +57,7 @@ INPUT, OUTPUT = "input", "embedding"
 SPEC_KEY, META_KEY = "quantface.input_spec", "quantface.meta"
 
 
-class ExportError(ValueError):
+class ExportError(InputError, ValueError):
     """The model (or one layer of it) cannot be exported exactly; the message names it and what to change."""
 
 
@@ -128,7 +129,12 @@ class _Graph:
         ``DequantizeLinear``, which onnxruntime keeps as a node, would then run at every call and keep the
         float fusions (the PReLU's multiply folded into the conv) from applying: the demo student's int8 file
         ran 0.82 0.78 0.85 0.69x the user's fp32 file with them, 1.20 1.04 0.97 0.95x without (batch 1 and 32,
-        one thread, then two)."""
+        one thread, then two).
+
+        A uint8 container keeps its zero point, ``Mul(Sub(Cast(q), 128), scale)``: OpenVINO reads
+        ``Convert -> Multiply`` on int8 constants as quantized weights and runs such a conv (when its input
+        is quantized) on its u8 x s8 kernels, which saturate with 8-bit weights on CPUs without VNNI, as
+        onnxruntime's do; with the zero point it keeps the conv in float, as onnxruntime does."""
         producer = {out: node for node in self.nodes for out in node.output}
         readers: dict[str, list[onnx.NodeProto]] = {}
         for node in self.nodes:
@@ -158,10 +164,6 @@ class _Graph:
             if rank is None:
                 nodes.append(node)
                 continue
-            stored = inits[node.input[0]]
-            ints = numpy_helper.to_array(stored)
-            if ints.dtype == np.uint8:  # a uint8 container (zero point 128): as int8, no zero point to subtract
-                stored.CopyFrom(numpy_helper.from_array((ints.astype(np.int16) - 128).astype(np.int8), stored.name))
             scale = node.input[1]
             if rank > 1:  # per output channel (axis 0): broadcast over the other axes
                 self.count += 1
@@ -173,10 +175,15 @@ class _Graph:
             cast = f"t{self.count}"
             nodes.append(helper.make_node("Cast", [node.input[0]], [cast], name=f"{node.name}.cast",
                                           to=TensorProto.FLOAT))
+            if inits[node.input[0]].data_type == TensorProto.UINT8:  # zero point 128 subtracted, see above
+                self.count += 1
+                nodes.append(helper.make_node("Sub", [cast, self.const("weight_zero", np.array(128, np.float32))],
+                                              [f"t{self.count}"], name=f"{node.name}.zero"))
+                cast = f"t{self.count}"
             nodes.append(helper.make_node("Mul", [cast, scale], [node.output[0]], name=node.name))
         self.nodes = nodes
         used = {name for node in nodes for name in node.input}
-        self.inits = [t for t in self.inits if t.name in used]  # the uint8 containers' zero points
+        self.inits = [t for t in self.inits if t.name in used]  # the DequantizeLinear zero points
 
     def prune(self, output: str) -> None:
         """Drop nodes nothing reads (left behind where a quantizer moved before a grid-preserving op)."""

@@ -18,9 +18,10 @@ from torch import nn
 
 from backbones.spec import InputSpec
 from deploy.onnx_export import META_KEY, SPEC_KEY
+from utils.errors import InputError
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(InputError, ValueError):
     """An .onnx file cannot be loaded or run; the message names the file."""
 
 
@@ -34,6 +35,13 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     return options
 
 
+def available_providers() -> list[str]:
+    """onnxruntime's CUDA provider first where this onnxruntime has it (onnxruntime-gpu with a GPU), then the
+    CPU one, which also runs whatever the CUDA provider cannot (the integer QLinear kernels among them)."""
+    cuda = "CUDAExecutionProvider"
+    return [cuda, "CPUExecutionProvider"] if cuda in ort.get_available_providers() else ["CPUExecutionProvider"]
+
+
 class OnnxModel(nn.Module):
     """``model(x)``: float [B, 3, S, S] normalised images (any device) -> float32 embeddings [B, D] on CPU."""
 
@@ -44,7 +52,7 @@ class OnnxModel(nn.Module):
             raise OnnxModelError(f"ONNX model not found: {self.path}")
         try:
             self.session = ort.InferenceSession(str(self.path), session_options(threads),
-                                                providers=["CPUExecutionProvider"])
+                                                providers=available_providers())
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise OnnxModelError(f"cannot load ONNX model {self.path}: {type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''} (truncated or not an ONNX file?)"

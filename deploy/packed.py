@@ -9,6 +9,10 @@ float per output channel.  For a min/max-observed weight that float is the chann
 quantizer recomputes is ``m`` again, its scale is bit-identical and so is every quantized weight (and
 therefore every output).  For a learned (LSQ) weight scale the scale itself is in the state.
 
+The file holds that dict serialised as one byte payload beside its sha256 (format version 2): a byte
+changed since export is refused with the file's name, where the unchecked zip container would load it
+and run a silently different network.
+
 Grid constants (``bits``/``qmin``/``qmax``) and the scales of min/max-observed weights are recomputed by
 the loader and symmetric zero points are 0, so they are not stored; the rest of the state is
 concatenated into one buffer per dtype (a file entry per tensor would cost more than a small layer's
@@ -16,6 +20,8 @@ values).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -27,10 +33,10 @@ from torch import nn
 import quant
 from quant.checkpoint import build_quantized, rebuild_student
 from quant.quantizer import FakeQuantizer, qparams_from_range, used_scale
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, load_weights_only
 from utils.fileio import atomic_torch_save
 
-FORMAT, VERSION = "quantface-packed", 1
+FORMAT, VERSION = "quantface-packed", 2  # 2: the payload carries its sha256
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -114,14 +120,33 @@ def pack_student(student: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
         if not q.learnable:  # recomputed from the restored weights at every forward
             del state[f"{name}.weight_quant.scale"]
     state = {k: v for k, v in state.items() if not k.endswith(_GRID_KEYS)}
-    return {"format": FORMAT, "version": VERSION, "meta": dict(meta), "state": _flatten(state), "packed": packed,
+    return {"meta": dict(meta), "state": _flatten(state), "packed": packed,
             "data": torch.from_numpy(np.concatenate(data) if data else np.zeros(0, np.uint8)),
             "peaks": torch.cat(peaks) if peaks else torch.zeros(0)}
 
 
 def save_packed(path: str | os.PathLike, student: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write the packed student atomically."""
-    return atomic_torch_save(pack_student(student, meta), path)
+    """Write the packed student atomically: ``pack_student``'s dict serialised as the payload, with its sha256."""
+    buffer = io.BytesIO()
+    torch.save(pack_student(student, meta), buffer)
+    payload = buffer.getvalue()
+    return atomic_torch_save({"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
+                              "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, path)
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """The dict ``pack_student`` made, after checking the file's tag, version and payload checksum."""
+    blob = load_weights_only(path, "packed student")
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a packed student (no '{FORMAT}' format tag)")
+    if blob.get("version") != VERSION:
+        raise CheckpointError(f"{path} is packed in format version {blob.get('version')}; this reader knows "
+                              f"{VERSION}: export it again with export_model.py --packed")
+    payload = blob["payload"].numpy().tobytes()
+    if hashlib.sha256(payload).hexdigest() != blob.get("sha256"):
+        raise CheckpointError(f"{path} is damaged: its contents do not match the sha256 written with them; "
+                              "copy or export it again")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def _restore_weight(blob: dict[str, Any], key: str, quantizer: FakeQuantizer, state: dict[str, torch.Tensor],
@@ -153,15 +178,7 @@ def load_packed(path: str | os.PathLike, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"packed student not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read packed student {path}: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a packed student (no '{FORMAT}' format tag)")
-    if blob.get("version") != VERSION:
-        raise CheckpointError(f"{path} is packed in format version {blob.get('version')}; this reader knows {VERSION}")
+    blob = _read_payload(path)
     meta, state = blob["meta"], _unflatten(blob["state"])
     shell = rebuild_student(meta, str(path))
     for key, value in shell.state_dict().items():  # grid constants and recomputed weight scales

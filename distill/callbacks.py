@@ -8,13 +8,14 @@ import math
 import time
 from typing import Any
 
+import torch
 from torch import nn
 
 import quant
 from distill.setup import Run
 from distill.train_state import capture_rng_state, save_training_state
 from eval.verification import verify
-from utils.distributed import all_gather_objects
+from utils.distributed import all_gather_objects, all_reduce_mean
 from utils.logging import MetricsLogger, Throughput, progress_bar
 
 
@@ -32,8 +33,8 @@ class StepCallbacks:
     """Progress bar, the metrics log (averaged every ``log_every`` steps), verification every
     ``eval_every`` steps and checkpoints every ``save_every`` steps and at the end."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
+    def __init__(self, run: Run, started: float) -> None:
+        self.run, self.started = run, started  # time.time() when this session began (before preparing)
         main = run.env.is_main
         self.logger = MetricsLogger(run.cfg.output, main, run.cfg.tensorboard,
                                     resume_step=run.step if run.resumed_from else None)
@@ -42,9 +43,11 @@ class StepCallbacks:
         self.images_per_step = run.cfg.batch_size * run.env.world_size
         self.session_start, self.session_steps = time.perf_counter(), 0
         self.eval_results: dict[str, Any] = {}
-        self.last_loss = math.nan
+        self.last_loss = math.nan  # the last step's loss: the same in a resumed run as in an unbroken one
 
-    def after_step(self, loss: float, feature_loss: float | None) -> None:
+    def after_step(self, loss: torch.Tensor, feature_loss: torch.Tensor | None) -> None:
+        """``loss`` (and the feature term): this rank's detached values, kept on the device until the next
+        metrics line, where they are averaged over ranks and read back in one go."""
         run, cfg = self.run, self.run.cfg
         self.session_steps += 1
         self.losses.append(loss)
@@ -61,12 +64,16 @@ class StepCallbacks:
 
     def log_metrics(self) -> None:
         run = self.run
-        self.last_loss, rate = sum(self.losses) / len(self.losses), self.meter.rate()
-        self.bar.set_postfix(loss=f"{self.last_loss:.3e}", img_s=f"{rate:.1f}")
-        record = {"step": run.step, "epoch": run.epoch, "loss": self.last_loss,
+        # one all-reduce and one read from the device for the steps since the last line
+        values = all_reduce_mean(torch.stack(self.losses + self.feature_losses).float()).tolist()
+        losses, feature_losses = values[:len(self.losses)], values[len(self.losses):]
+        self.last_loss = losses[-1]
+        mean, rate = sum(losses) / len(losses), self.meter.rate()
+        self.bar.set_postfix(loss=f"{mean:.3e}", img_s=f"{rate:.1f}")
+        record = {"step": run.step, "epoch": run.epoch, "loss": mean,
                   "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": round(rate, 2)}
-        if self.feature_losses:  # the feature term alone (unweighted), to see what the total is made of
-            record["feature_loss"] = sum(self.feature_losses) / len(self.feature_losses)
+        if feature_losses:  # the feature term alone (unweighted), to see what the total is made of
+            record["feature_loss"] = sum(feature_losses) / len(feature_losses)
         self.logger.log(record)
         self.losses, self.feature_losses = [], []
 
@@ -85,8 +92,12 @@ class StepCallbacks:
                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                 "scaler": run.scaler.state_dict(), "rng": rng, "observers_enabled": run.observing,
                 "epoch": run.epoch + 1 if at_end else run.epoch, "batch": 0 if at_end else run.batch,
-                "world_size": run.env.world_size, "total_steps": run.steps,
+                "world_size": run.env.world_size, "total_steps": run.steps, "wall_time_s": self.wall_time_s(),
             }, run.cfg.keep_last)
+
+    def wall_time_s(self) -> float:
+        """Seconds the run has taken so far, the parts before a resume included (kept in the checkpoints)."""
+        return self.run.wall_time_before + time.time() - self.started
 
     def images_per_s(self) -> float:
         """Training throughput of this session (a resumed run counts only its own steps)."""

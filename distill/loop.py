@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,22 @@ from torch.nn.parallel import DistributedDataParallel
 
 import quant
 from distill.callbacks import StepCallbacks
+from distill.precision import keep_tail_fp32
 from distill.setup import Run, TrainingError, check_run_fields, check_same_run, prepare_run
 from distill.train_state import list_checkpoints, load_training_state, rng_isolated
 from utils.config import Config
 from utils.cpu_memory import reuse_freed_cpu_memory
-from utils.distributed import DistEnv, all_reduce_mean
+from utils.distributed import DistEnv, all_gather_objects
+from utils.errors import RunError
+from utils.fileio import DiskFullError, atomic_write_json
 
 FINAL_STUDENT = "student_final.pt"
+
+
+class DivergedError(TrainingError, RunError):
+    """A step's loss or gradients were not finite: good input, a run that failed on the way (exit code 1)."""
+
+    exit_code = RunError.exit_code
 
 
 def wrap_ddp(run: Run) -> tuple[nn.Module, nn.Module]:
@@ -31,14 +41,21 @@ def wrap_ddp(run: Run) -> tuple[nn.Module, nn.Module]:
     if not run.env.distributed:
         return run.student, run.kd
     ids = [run.env.device.index] if run.env.device.type == "cuda" else None
-    loss = DistributedDataParallel(run.kd, device_ids=ids) if run.kd.learns else run.kd
-    return DistributedDataParallel(run.student, device_ids=ids), loss
+    # no buffer broadcast before every forward: observers all-reduce their ranges (quant.sync_observers),
+    # BatchNorm statistics are per rank as in arcface_torch, and rank 0's copy is the one saved
+    loss = (DistributedDataParallel(run.kd, device_ids=ids, broadcast_buffers=False) if run.kd.learns
+            else run.kd)
+    return DistributedDataParallel(run.student, device_ids=ids, broadcast_buffers=False), loss
 
 
 def train_step(run: Run, model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, index: int,
-               labels: torch.Tensor | None = None) -> tuple[float, float | None]:
-    """One optimisation step on ``images`` (and their classes, for a margin head); returns the loss and the
-    feature term, averaged over ranks."""
+               labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimisation step on ``images`` (and their classes, for a margin head); returns this rank's loss
+    and feature term as detached device tensors, read only when a metrics line is due (``StepCallbacks``).
+
+    A step whose loss or gradients are not finite is not applied and nothing is saved: ``DivergedError``
+    names the step and the last checkpoint.  That check is the step's one read from the device (with AMP the
+    loss alone: the GradScaler skips steps with overflowing gradients itself, and lowers its scale)."""
     with torch.autocast(run.env.device.type, dtype=torch.float16, enabled=run.amp):
         with torch.no_grad():
             target = run.teacher(images)
@@ -47,27 +64,40 @@ def train_step(run: Run, model: nn.Module, loss_fn: nn.Module, images: torch.Ten
         loss = loss_fn(embedding, target, labels)
     except ValueError as exc:  # labels outside the head's classes
         raise TrainingError(f"step {run.step + 1}: {exc}") from exc
-    feature_value = None
+    feature_loss = None
     if run.features is not None:
         feature_loss = run.features.loss()
-        feature_value = all_reduce_mean(feature_loss.detach()).item()
         loss = loss + run.cfg.feature_weight * feature_loss
-    loss_value = all_reduce_mean(loss.detach()).item()
-    if not math.isfinite(loss_value):
-        raise TrainingError(f"loss is {loss_value} at step {run.step + 1} (epoch {run.epoch}, batch {index}); "
-                            f"stopped. The last good checkpoint is in {Path(run.cfg.output) / 'checkpoints'}; "
-                            "lower lr or check the teacher and data")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    finite, norm = torch.isfinite(loss.detach()), None
     if run.cfg.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_(run.trainable, run.cfg.grad_clip)
+        norm = nn.utils.clip_grad_norm_(run.trainable, run.cfg.grad_clip)
+    elif not run.amp:
+        norm = nn.utils.get_total_norm([p.grad for p in run.trainable if p.grad is not None])
+    if not run.amp:
+        finite = finite & torch.isfinite(norm)
+    if not bool(finite):
+        raise DivergedError(not_finite(run, index, loss, norm))
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
     if run.observing:
         quant.sync_observers(run.student)  # ranks keep identical ranges while observing
-    return loss_value, feature_value
+    return loss.detach(), None if feature_loss is None else feature_loss.detach()
+
+
+def not_finite(run: Run, index: int, loss: torch.Tensor, norm: torch.Tensor | None) -> str:
+    """Why the step stopped the run, and the last checkpoint that exists to resume from (if any)."""
+    value = loss.item()
+    what = (f"loss is {value}" if not math.isfinite(value)
+            else f"gradients are not finite (norm {norm.item()}; loss {value:.4g})")
+    found = list_checkpoints(run.cfg.output)
+    last = (f"the last checkpoint is {found[-1][1]} (step {found[-1][0]})" if found
+            else "no checkpoint was saved before it")
+    return (f"{what} at step {run.step + 1} (epoch {run.epoch}, batch {index}); the step was not applied and the run "
+            f"stopped; {last}. Lower lr or check the teacher and data")
 
 
 def advance(run: Run, index: int) -> None:
@@ -84,9 +114,9 @@ def train_loop(run: Run, callbacks: StepCallbacks) -> None:
     while run.step < run.steps:
         batches = rng_isolated(run.data.labelled_epoch(run.epoch, start_batch=run.batch))
         for index, (images, labels) in enumerate(batches, start=run.batch):
-            loss_value, feature_value = train_step(run, model, loss_fn, images, index, labels)
+            loss, feature_loss = train_step(run, model, loss_fn, images, index, labels)
             advance(run, index)
-            callbacks.after_step(loss_value, feature_value)
+            callbacks.after_step(loss, feature_loss)
             if run.step == run.steps:
                 break
         else:
@@ -102,11 +132,16 @@ def announce(run: Run) -> None:
     print(f"{where}: {run.student_name} {run.qcfg.describe()} student of {run.cfg.network} teacher, {run.steps} "
           f"steps of {run.cfg.batch_size}x{run.env.world_size} images, lr {run.lr:g}, device {run.env.device}",
           flush=True)
+    if run.qcfg.mode == "quantface":
+        print("note: quant_mode='quantface' is the paper's placement, for comparison: its student does not export "
+              "to integer kernels (export_model.py refuses it); config/<network>_synthetic.py trains one that does",
+              flush=True)
 
 
-def finish(run: Run, callbacks: StepCallbacks, started: float) -> dict[str, Any]:
+def finish(run: Run, callbacks: StepCallbacks) -> dict[str, Any]:
     """Final verification, ``student_final.pt`` and ``summary.json`` (rank 0); returns the summary."""
     images_per_s = callbacks.images_per_s()
+    unreadable = [reason for rank in all_gather_objects(run.data.unreadable()) for reason in rank]
     if not run.env.is_main:
         return {}
     if run.bins:
@@ -121,9 +156,13 @@ def finish(run: Run, callbacks: StepCallbacks, started: float) -> dict[str, Any]
                "weight_bits": run.qcfg.weight_bits, "act_bits": run.qcfg.act_bits, "size_mb": size["total_mb"],
                "fp32_mb": size["fp32_mb"], "compression": size["compression"], "steps": run.steps,
                "final_loss": callbacks.last_loss, "eval": callbacks.eval_results, "images_per_s": images_per_s,
-               "wall_time_s": round(time.time() - started, 1), "student_checkpoint": str(final)}
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+               "wall_time_s": round(callbacks.wall_time_s(), 1), "student_checkpoint": str(final),
+               "unreadable_images_skipped": len(unreadable)}
+    atomic_write_json(output / "summary.json", summary)
     print(format_summary(summary), flush=True)
+    if unreadable:
+        print(f"warning: {len(unreadable)} unreadable image(s) were left out (skip_unreadable_images=True), "
+              f"e.g. {unreadable[0]}", file=sys.stderr, flush=True)
     return summary
 
 
@@ -158,11 +197,24 @@ def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
     if env.device.type == "cpu":
         reuse_freed_cpu_memory()
     run = prepare_run(cfg, env)
+    if run.amp:
+        keep_tail_fp32(run.student)  # the embedding layers in fp32, as arcface_torch's fc
     announce(run)
-    callbacks = StepCallbacks(run)
+    callbacks = StepCallbacks(run, started)
     try:
         train_loop(run, callbacks)
         callbacks.bar.close()
-        return run.student, finish(run, callbacks, started)
+        return run.student, finish(run, callbacks)
+    except KeyboardInterrupt:  # checkpoint writes finish first (utils.fileio.atomic_write): none is half written
+        raise RunError(f"interrupted at step {run.step}; resume with resume=true ({resume_point(run)})") from None
+    except DiskFullError as exc:
+        raise DiskFullError(f"{exc} (resume=true: {resume_point(run)})") from None
     finally:
         callbacks.close()
+
+
+def resume_point(run: Run) -> str:
+    """Where ``resume=true`` would continue this run from, in words."""
+    found = list_checkpoints(run.cfg.output)
+    return (f"it continues from step {found[-1][0]}, the last checkpoint" if found
+            else "no checkpoint was written yet, so it starts from the beginning")

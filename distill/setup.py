@@ -25,6 +25,7 @@ from backbones.spec import ARCFACE, InputSpec, check_meta_spec, spec_with
 from data import TrainBatches, build_train_batches
 from data.augment import Augmentation
 from data.generated import check_options
+from distill.bit_allocation import allocate_layer_bits
 from distill.features import FeatureDistillation
 from distill.losses import LOSSES, DistillationLoss
 from distill.margin import HEADS, MarginHead
@@ -36,6 +37,8 @@ from quant.checkpoint import build_quantized
 from utils.checkpoint import load_state_strict, read_checkpoint
 from utils.config import Config, load_config
 from utils.distributed import DistEnv
+from utils.errors import InputError, QuantFaceError
+from utils.fileio import check_writable_dir
 
 OPTIMIZERS = ("sgd", "adamw")
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -46,7 +49,7 @@ RESUMABLE_CHANGES = {"resume", "output", "config_file", "log_every", "save_every
                      "assets_dir"}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(InputError, RuntimeError):
     """The run cannot start or continue; the message says why and what to do."""
 
 
@@ -73,6 +76,7 @@ class Run:
     observing: bool
     bins: dict[str, Path] = field(default_factory=dict)
     resumed_from: Path | None = None
+    wall_time_before: float = 0.0  # seconds the run took before the checkpoint it resumed from
     step: int = 0
     epoch: int = 0
     batch: int = 0
@@ -87,7 +91,10 @@ class Run:
 # ---- checks done before anything is loaded ----------------------------------------------------------
 
 def check_run_fields(cfg: Config) -> None:
-    """Choices, intervals and combinations of the run's fields."""
+    """Choices, intervals and combinations of the run's fields, the quantization settings and the output
+    folder: all checked before anything is loaded."""
+    check_writable_dir(cfg.output, "output")
+    quant.QuantConfig.from_config(cfg)  # a bad bit width or placement names its setting now, not after loading
     choices = {"loss": LOSSES, "scheduler": SCHEDULERS, "optimizer": OPTIMIZERS}
     for key, valid in choices.items():
         if cfg[key] not in valid:
@@ -207,6 +214,8 @@ def check_same_run(cfg: Config) -> None:
     saved = json.loads(saved_path.read_text())
     current = json.loads(cfg.to_json())
     defaults = json.loads(load_config(None).to_json())
+    if current["size_budget"]:  # layer_bits then follows from the budget and the teacher's measured sensitivity
+        saved["layer_bits"] = current["layer_bits"]
     for key in set(current) - set(saved):
         if current[key] == defaults.get(key):
             saved[key] = current[key]
@@ -363,6 +372,8 @@ def build_models(cfg: Config, env: DistEnv, resuming: bool = False) -> dict[str,
     teacher, teacher_kwargs = load_teacher(cfg)
     spec = teacher.input_spec
     check_input_spec(cfg, spec, cfg.network)
+    if cfg.size_budget:
+        cfg.layer_bits = allocate_layer_bits(cfg, teacher, spec, env.device)
     try:
         data = build_train_batches(cfg, spec, env.device, env.rank, env.world_size, teacher)
         if cfg.student_from:
@@ -375,6 +386,8 @@ def build_models(cfg: Config, env: DistEnv, resuming: bool = False) -> dict[str,
             student, teacher = quantize_student(cfg, float_student, teacher, data, env.device)
             if cfg.reconstruct_iters and not resuming:
                 reconstruct_student(cfg, student, data, env.device)
+    except QuantFaceError:
+        raise  # a quantization, checkpoint or image error names its own setting or file
     except ValueError as exc:  # no or unreadable data; the message names the file or field
         raise TrainingError(f"training data: {exc}") from exc
     teacher = teacher.to(env.device).eval().requires_grad_(False)  # after the student copied it
@@ -416,7 +429,7 @@ def prepare_run(cfg: Config, env: DistEnv) -> Run:
 
 def restore(run: Run, path: Path) -> None:
     """Continue ``run`` exactly where the checkpoint ``path`` left it."""
-    ckpt = load_training_state(path, map_location=run.env.device)
+    ckpt = load_training_state(path)  # on the CPU: load_state_dict copies to the device; RNG states stay there
     for key, now in (("world_size", run.env.world_size), ("total_steps", run.steps)):
         if ckpt[key] != now:
             raise TrainingError(f"{path} was written by a run with {key}={ckpt[key]}, this one has "
@@ -431,3 +444,4 @@ def restore(run: Run, path: Path) -> None:
     run.observing = ckpt["observers_enabled"]
     run.step, run.epoch, run.batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
     run.resumed_from = path
+    run.wall_time_before = float(ckpt.get("wall_time_s", 0.0))

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 import numpy as np
 import torch
 
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, load_weights_only
 from utils.fileio import atomic_torch_save
 
 CHECKPOINT_DIR = "checkpoints"
@@ -39,7 +39,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of ``capture_rng_state`` (CUDA states only when this process sees the same GPUs)."""
+    """Inverse of ``capture_rng_state`` (CUDA states only when this process sees the same GPUs); the
+    tensors must be on the CPU, as ``load_training_state`` leaves them."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -89,14 +90,25 @@ def save_training_state(output: str | os.PathLike, step: int, state: dict[str, A
     return path
 
 
+def _moved(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it on ``device`` (dicts, lists and tuples walked)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _moved(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(item, device) for item in value)
+    return value
+
+
 def load_training_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training checkpoint written by ``save_training_state``."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read training checkpoint {path}: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0]}") from exc
+    """Read a training checkpoint written by ``save_training_state``: its tensors on ``map_location``
+    except the RNG states, which stay on the CPU where ``torch.set_rng_state`` and numpy need them."""
+    state = load_weights_only(path, "training checkpoint")
     missing = {"step", "student", "optimizer", "scheduler", "rng"} - set(state)
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint (missing {', '.join(sorted(missing))})")
-    return state
+    device = torch.device(map_location)
+    if device.type == "cpu":
+        return state
+    return {key: value if key == "rng" else _moved(value, device) for key, value in state.items()}

@@ -34,12 +34,13 @@ from data.align import align_face
 from data.images import ImageDataError, read_rgb
 from eval.embed import DEFAULT_WORKERS, iter_embeddings
 from eval.scores import pair_scores
+from utils.errors import InputError
 
 TARGETS = ("IJBB", "IJBC")
 FAR_LEVELS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
-class IjbFormatError(ValueError):
+class IjbFormatError(InputError, ValueError):
     """An IJB meta file or image is missing or malformed; the message names the file and line."""
 
 

@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from utils.errors import InputError
 
-class UnsafePickleError(pickle.UnpicklingError):
+
+class UnsafePickleError(InputError, pickle.UnpicklingError):
     """A pickle asked for a global outside the allow-list; nothing it named was run."""
 
 

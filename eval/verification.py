@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,12 +29,17 @@ from backbones.spec import input_spec_of
 from data.images import ImageDataError, decode_rgb, fit_size
 from eval.embed import DEFAULT_WORKERS, embed_batches
 from eval.safe_pickle import UnsafePickleError, load_restricted
+from utils.errors import InputError
 
 IMAGE_SIZE = 112
 
 
-class BinFormatError(ValueError):
+class BinFormatError(InputError, ValueError):
     """A .bin file does not hold ``(list of image bytes, list of bools)``; the message names the file."""
+
+
+class BinMissingError(InputError, FileNotFoundError):
+    """A verification set asked for is not there; the message names every missing file."""
 
 
 def find_bins(data_dir: str | os.PathLike, targets: Sequence[str]) -> dict[str, Path]:
@@ -41,16 +47,18 @@ def find_bins(data_dir: str | os.PathLike, targets: Sequence[str]) -> dict[str, 
     bins = {name: Path(data_dir).expanduser() / f"{name}.bin" for name in targets}
     missing = [str(p) for p in bins.values() if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"verification set(s) not found: {', '.join(missing)}; choose the available "
+        raise BinMissingError(f"verification set(s) not found: {', '.join(missing)}; choose the available "
                                 "targets (eval_targets / --targets) or fix the folder (eval_data_dir / --data-dir)")
     return bins
 
 
-def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
-    """``(encoded images, issame bool [P])`` of a .bin; only the first ``2 P`` images are used."""
+def load_bin(path: str | os.PathLike, min_pairs: int = 1) -> tuple[list[bytes], np.ndarray]:
+    """``(encoded images, issame bool [P])`` of a .bin with at least ``min_pairs`` pairs (checked here, before
+    anything is embedded).  Only the first ``2 P`` images are used, as insightface does; extra images are
+    named in a warning line rather than dropped without a word."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"verification set not found: {path}")
+        raise BinMissingError(f"verification set not found: {path}")
     try:
         obj = load_restricted(path)
     except UnsafePickleError:
@@ -67,6 +75,11 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
         raise BinFormatError(f"{path}: the second element must be a flat list of booleans (issame)")
     if len(flags) == 0 or len(bins) < 2 * len(flags):
         raise BinFormatError(f"{path}: {len(flags)} pairs need {2 * len(flags)} images, the file has {len(bins)}")
+    if len(flags) < min_pairs:
+        raise BinFormatError(f"{path}: {len(flags)} pairs; the {min_pairs}-fold protocol needs at least {min_pairs}")
+    if len(bins) > 2 * len(flags):
+        print(f"warning: {path}: {len(bins)} images for {len(flags)} pairs; the last {len(bins) - 2 * len(flags)} "
+              "are not in any pair and are ignored (as insightface does)", file=sys.stderr, flush=True)
     return list(bins[: 2 * len(flags)]), flags.astype(bool)
 
 
@@ -186,7 +199,7 @@ def verify(model: nn.Module, bin_path: str | os.PathLike, device: str | torch.de
     ``model`` must be on ``device`` (normalised as its ``InputSpec`` says); its train/eval mode is
     restored afterwards.
     """
-    bins, issame = load_bin(bin_path)
+    bins, issame = load_bin(bin_path, min_pairs=nrof_folds)
     begin = time.perf_counter()
     spec = input_spec_of(model)
     images = JpegImages(bins, str(bin_path), spec.size, spec.alignment)

@@ -1,4 +1,4 @@
-"""Deployment speed, memory and size: fp32 PyTorch, fp32 onnxruntime, onnxruntime's quantize_static and ours.
+"""Deployment speed, memory and size on onnxruntime and OpenVINO: fp32, quantize_static, NNCF and ours.
 
     python -m lab.bench_deploy [--networks r18 r50 mbf vargfacenet] [--demo] [--batches 1 32] [--threads 1 2]
 
@@ -15,7 +15,13 @@ its ratio, ``plain int8 / plain fp32``, is what this CPU's int8 path gives that 
 ``work_dirs/demo_mbf_w8a8/student_final.pt`` when present, else calibration only).  Each variant is timed in
 its own process (images/s at every batch size and thread count, best of ``--repeats`` timed runs after a
 warm-up; peak resident memory of that process), so one variant's memory never counts against another.
-The table ends in the ratios ours / fp32 onnxruntime and ours / quantize_static.
+Every ONNX file runs on both runtimes (``@ort``: onnxruntime, ``@ov``: OpenVINO's CPU plugin); NNCF's
+``nncf.quantize`` of the user's fp32 file (OpenVINO's own post-training int8, 64 generated faces, an IR
+file) runs on OpenVINO only, and is skipped with a note where ``nncf`` is not installed (a lab baseline,
+never a dependency).  For the pretrained teachers the agreement is measured too: each int8 file on each
+runtime against its student's own forward, and NNCF's model against the teacher (cosine mean / min on the
+real photos).  The ratios are taken against the fastest fp32 runtime of each network at each setting
+(any fp32 file on either runtime), named in the table.
 """
 from __future__ import annotations
 
@@ -39,7 +45,9 @@ from backbones.spec import InputSpec
 from data import GeneratedFaces
 from deploy import OnnxModel, export_onnx
 from deploy.baseline import quantize_static_baseline
-from deploy.cpu import cpu_description
+from deploy.cpu import cpu_description, isa_flags
+from deploy.openvino_runtime import OPENVINO_MISSING, OpenVinoModel
+from lab.realfaces import aligned_real_faces
 from deploy.timing import images_per_s
 from utils.checkpoint import save_checkpoint
 
@@ -53,6 +61,9 @@ OURS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ours int8 I8w PReLU-in": ({"prelu_input": True}, {"int8_weights": True})}
 PLAIN = ("plain fp32", "plain quantize_static")  # the reference: ``plain_twin`` in fp32 and through quantize_static
 VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "fp32 ours", "quantize_static int8", *OURS, *PLAIN)
+FP32 = ("fp32 onnxruntime", "fp32 ours")  # the float files: the fastest of them on either runtime is the baseline
+NNCF = "nncf int8"
+RUNTIMES = {"ort": "onnxruntime", "ov": "openvino"}
 # pretrained teachers: asset, and the demo's trained W8A8 student when present (else calibration only)
 PRETRAINED = {"demo": ("mobilefacenet_tflite", Path("work_dirs/demo_mbf_w8a8/student_final.pt")),
               "dlib": ("dlib_resnet", Path("work_dirs/demo_dlib_w8a8/student_final.pt"))}
@@ -86,14 +97,15 @@ def plain_twin(model: nn.Module) -> nn.Module:
     return twin.eval()
 
 
-def build_variants(name: str, work: Path) -> dict[str, Path]:
+def build_variants(name: str, work: Path) -> tuple[dict[str, Path], dict[str, nn.Module]]:
     """The model files of one network (the fp32 PyTorch one as a checkpoint).  Ours: one calibration per
     entry of ``OURS``; ``W7``: 7-bit weights, which export in int8 containers (exact on CPUs without VNNI),
     where 8-bit weights need uint8 ones; ``I8w``: 8-bit weights in int8 containers (exact with VNNI);
     ``PReLU-in``: each PReLU's input quantized too (``quantize_prelu_input``), so the conv before it runs as
     an integer kernel; ``fci``: the inputs of the convs a (float) PReLU reads left float too
     (``float_conv_inputs``).  A trained demo student replaces the variant of its own placement.  ``plain``: the
-    reference, ``plain_twin`` of the teacher in fp32 and through ``quantize_static``."""
+    reference, ``plain_twin`` of the teacher in fp32 and through ``quantize_static``.  NNCF: ``nncf_int8`` of the
+    user's fp32 file.  Also returns the teacher and the students (for the agreement)."""
     pretrained = name in PRETRAINED
     if pretrained:
         teacher = load_float_model(ensure_asset(PRETRAINED[name][0])).eval()
@@ -123,7 +135,49 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
         export_onnx(student, files[variant], **OURS[variant][1])
     export_onnx(plain_twin(teacher), files["plain fp32"])
     quantize_static_baseline(files["plain fp32"], faces, files["plain quantize_static"])
-    return files
+    nncf_file = nncf_int8(files["fp32 onnxruntime"], faces, work / f"{name}_nncf.xml")
+    if nncf_file is not None:
+        files[NNCF] = nncf_file
+    return files, {"teacher": teacher, **students}
+
+
+def nncf_int8(fp32_onnx: Path, faces: list[torch.Tensor], output: Path) -> Path | None:
+    """OpenVINO's own post-training int8 of the user's fp32 file: ``nncf.quantize`` (its defaults: the
+    placement and ranges NNCF picks for OpenVINO's CPU plugin) calibrated on ``faces``, written as an
+    OpenVINO IR; None (and a note) where nncf or openvino is not installed."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as exc:
+        print(f"NNCF baseline skipped: {exc} (pip install nncf openvino)", flush=True)
+        return None
+    model = ov.Core().read_model(str(fp32_onnx))
+    dataset = nncf.Dataset([batch.numpy() for batch in faces])
+    ov.save_model(nncf.quantize(model, dataset, subset_size=len(faces)), str(output))
+    return output
+
+
+def agreement(files: dict[str, Path], models: dict[str, nn.Module]) -> dict[str, tuple[float, float]]:
+    """Cosine mean / min on the real photos: each int8 file of ours on each runtime against its student's own
+    forward (is the file exact there?), NNCF's model against the teacher."""
+    teacher = models["teacher"]
+    images, _, _ = aligned_real_faces(spec=teacher.input_spec)
+    x = teacher.input_spec.normalise(torch.from_numpy(images).permute(0, 3, 1, 2))
+    out: dict[str, tuple[float, float]] = {}
+
+    def cos(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+        c = torch.nn.functional.cosine_similarity(a, b)
+        return float(c.mean()), float(c.min())
+    with torch.no_grad():
+        for variant in OURS:
+            runners = {"ort": OnnxModel(files[variant])}
+            if not OPENVINO_MISSING:
+                runners["ov"] = OpenVinoModel(files[variant])
+            for runtime, model in runners.items():
+                out[f"{variant} @{runtime}"] = cos(model(x), models[variant](x))
+        if NNCF in files:
+            out[f"{NNCF} @ov (to the teacher)"] = cos(OpenVinoModel(files[NNCF], spec=teacher.input_spec)(x), teacher(x))
+    return out
 
 
 def _peak_rss_mb() -> float:
@@ -133,51 +187,77 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def measure(path: Path, batches: list[int], threads: list[int], repeats: int, size: int) -> dict[str, Any]:
+def measure(path: Path, runtime: str, batches: list[int], threads: list[int], repeats: int,
+            size: int) -> dict[str, Any]:
     """Images/s per (batch, threads) and the peak RSS of this process (run in a fresh process)."""
     rates = {}
     for count in threads:
         torch.set_num_threads(count)
-        if path.suffix == ".onnx":  # the input is timed already normalised: the spec only gives the side
+        if runtime == "ov":  # the input is timed already normalised: the spec only gives the side
+            model = OpenVinoModel(path, threads=count, spec=InputSpec(size=size))
+        elif path.suffix == ".onnx":
             model = OnnxModel(path, threads=count, spec=InputSpec(size=size))
         else:
             model = load_float_model(path).eval()
         for batch in batches:
             rates[f"b{batch}t{count}"] = images_per_s(model, batch, size, repeats=repeats)
-    return {"rates": rates, "peak_mb": _peak_rss_mb(), "size_mb": path.stat().st_size / 1e6}
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]  # an IR's weights
+    return {"rates": rates, "peak_mb": _peak_rss_mb(), "size_mb": sum(f.stat().st_size for f in files) / 1e6}
 
 
-def _child(path: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, "-m", "lab.bench_deploy", "--measure", str(path), "--size", str(size),
-               "--repeats", str(args.repeats),
+def _child(path: Path, runtime: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, "-m", "lab.bench_deploy", "--measure", str(path), "--runtime", runtime,
+               "--size", str(size), "--repeats", str(args.repeats),
                "--batches", *map(str, args.batches), "--threads", *map(str, args.threads)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if run.returncode != 0:
-        raise RuntimeError(f"measuring {path} failed:\n{run.stderr[-2000:]}")
+        raise RuntimeError(f"measuring {path} on {runtime} failed:\n{run.stderr[-2000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def report(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace) -> str:
-    keys = [f"b{b}t{t}" for t in args.threads for b in args.batches]
-    lines = [f"{'network':<12} {'variant':<22} " + " ".join(f"{k:>9}" for k in keys) + f" {'peak MB':>8} {'file MB':>8}"]
-    for name, variants in results.items():
-        for variant, r in variants.items():
-            lines.append(f"{name:<12} {variant:<22} " + " ".join(f"{r['rates'][k]:9.1f}" for k in keys) +
-                         f" {r['peak_mb']:8.0f} {r['size_mb']:8.2f}")
-    lines.append("")
-    lines.append("images/s ratios (" + ", ".join(keys) + "); file size ratio ours / fp32 onnx")
+def runs(files: dict[str, Path]) -> list[tuple[str, str]]:
+    """(variant, runtime) pairs to time: every ONNX file on onnxruntime and, when installed, OpenVINO;
+    the PyTorch checkpoint on torch, NNCF's IR on OpenVINO."""
+    pairs = [("fp32 pytorch", "torch")]
+    for variant in VARIANTS[1:]:
+        pairs += [(variant, "ort")] + ([] if OPENVINO_MISSING else [(variant, "ov")])
+    return pairs + ([(NNCF, "ov")] if NNCF in files else [])
 
-    def ratios(variants: dict[str, dict[str, Any]], mine: str, base: str) -> str:
-        return " ".join(f"{variants[mine]['rates'][k] / variants[base]['rates'][k]:9.2f}" for k in keys)
+
+def _fastest_fp32(variants: dict[str, dict[str, Any]], key: str) -> str:
+    return max((label for label in variants if label.split(" @")[0] in FP32), key=lambda l: variants[l]["rates"][key])
+
+
+def report(results: dict[str, dict[str, dict[str, Any]]], agree: dict[str, dict[str, tuple[float, float]]],
+           args: argparse.Namespace) -> str:
+    """The images/s table, then per network and setting the fastest fp32 runtime and each int8 file's ratio to
+    it (and to NNCF's model), then the agreement of the pretrained teachers' files."""
+    keys = [f"b{b}t{t}" for t in args.threads for b in args.batches]
+    lines = [f"{'network':<12} {'variant @runtime':<30} " + " ".join(f"{k:>9}" for k in keys) +
+             f" {'peak MB':>8} {'file MB':>8}"]
     for name, variants in results.items():
-        for mine in ("fp32 ours", *OURS):
-            for base in ("fp32 onnxruntime", "quantize_static int8"):
-                row = ratios(variants, mine, base)
-                lines.append(f"{name:<12} {mine.removeprefix('ours '):<18} / {base:<22} {row}")
-        lines.append(f"{name:<12} {'plain int8':<18} / {'plain fp32':<22} "
-                     f"{ratios(variants, 'plain quantize_static', 'plain fp32')}")
-        ours = variants["ours int8"]
-        lines.append(f"{name:<12} size ours / fp32 onnx      {ours['size_mb'] / variants['fp32 onnxruntime']['size_mb']:9.3f}")
+        for label, r in variants.items():
+            lines.append(f"{name:<12} {label:<30} " + " ".join(f"{r['rates'][k]:9.1f}" for k in keys) +
+                         f" {r['peak_mb']:8.0f} {r['size_mb']:8.2f}")
+    lines += ["", "fastest fp32 (" + ", ".join(keys) + ")"]
+    for name, variants in results.items():
+        lines.append(f"{name:<12} " + " ".join(f"{_fastest_fp32(variants, k):>22}" for k in keys))
+    lines += ["", "images/s ratios to the fastest fp32 runtime (" + ", ".join(keys) + "); to nncf int8 @ov"]
+    for name, variants in results.items():
+        for label, r in variants.items():
+            if label.split(" @")[0] in (*FP32, "fp32 pytorch"):
+                continue
+            row = " ".join(f"{r['rates'][k] / variants[_fastest_fp32(variants, k)]['rates'][k]:9.2f}" for k in keys)
+            nncf = variants.get(f"{NNCF} @ov")
+            versus = " ".join(f"{r['rates'][k] / nncf['rates'][k]:6.2f}" for k in keys) if nncf else ""
+            lines.append(f"{name:<12} {label:<30} / fastest fp32 {row}   / nncf {versus}")
+        ours = variants["ours int8 @ort"]
+        lines.append(f"{name:<12} size ours / fp32 onnx      "
+                     f"{ours['size_mb'] / variants['fp32 onnxruntime @ort']['size_mb']:9.3f}")
+    if agree:
+        lines += ["", "agreement on the real photos, cosine mean / min (ours: file vs its student; nncf: vs the teacher)"]
+        for name, rows in agree.items():
+            lines += [f"{name:<12} {label:<40} {mean:.5f} / {low:.5f}" for label, (mean, low) in rows.items()]
     return "\n".join(lines)
 
 
@@ -190,21 +270,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (best is kept)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process's job
+    parser.add_argument("--runtime", default="ort", choices=["torch", "ort", "ov"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=112, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, args.batches, args.threads, args.repeats, args.size)))
+        print(json.dumps(measure(args.measure, args.runtime, args.batches, args.threads, args.repeats, args.size)))
         return 0
+    if OPENVINO_MISSING:
+        print(f"OpenVINO columns skipped: {OPENVINO_MISSING}", flush=True)
     names = list(args.networks) + (list(PRETRAINED) if args.demo else [])
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    agree: dict[str, dict[str, tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         for name in names:
-            files = build_variants(name, Path(tmp))
-            size = load_float_model(files["fp32 pytorch"]).input_spec.size
-            results[name] = {variant: _child(files[variant], size, args) for variant in VARIANTS}
-            print(f"measured {name}\n{report({name: results[name]}, args)}", flush=True)
-    print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, cpu "
-          f"{cpu_description()}\n{report(results, args)}")
+            files, models = build_variants(name, Path(tmp))
+            size = models["teacher"].input_spec.size
+            if name in PRETRAINED:
+                agree[name] = agreement(files, models)
+            results[name] = {f"{variant} @{runtime}": _child(files[variant], runtime, size, args)
+                             for variant, runtime in runs(files)}
+            print(f"measured {name}\n{report({name: results[name]}, {name: agree.get(name, {})}, args)}", flush=True)
+    versions = f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}"
+    if not OPENVINO_MISSING:
+        versions += f", openvino {__import__('openvino').__version__}"
+    print(f"{versions}, cpu {cpu_description()} ({isa_flags()})\n{report(results, agree, args)}")
     return 0
 
 

@@ -16,11 +16,12 @@ from torch import fx, nn
 
 from quant.graph import _Tracer
 from quant.layers import QuantWeighted
+from utils.errors import InputError
 
 _CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-class BlockError(ValueError):
+class BlockError(InputError, ValueError):
     """The model cannot be cut into blocks (untraceable, several inputs or outputs); the message says why."""
 
 

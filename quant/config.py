@@ -6,6 +6,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from utils.errors import InputError
+
 FLOAT_BITS = (16, 32)          # a bit width of 16 or 32 means "leave this tensor in float"
 MIN_BITS, MAX_BITS = 2, 8
 MODES = ("deploy", "quantface")
@@ -15,7 +17,7 @@ LSQ_INITS = ("minmax", "ema", "percentile")
 BN_MODES = ("train", "frozen", "fold")
 
 
-class QuantConfigError(ValueError):
+class QuantConfigError(InputError, ValueError):
     """A quantization setting is invalid; the message names the field and the valid choices."""
 
 
@@ -93,8 +95,9 @@ class QuantConfig:
         if self.float_conv_inputs and (self.mode != "deploy" or self.prelu_input):
             raise QuantConfigError("float_conv_inputs=True applies to quant_mode='deploy' with quantize_prelu_input="
                                    "False (the convs whose output a float PReLU reads); change one of the three")
-        if not 50.0 < float(self.act_percentile) <= 100.0:
-            raise QuantConfigError(f"act_percentile={self.act_percentile} must be in (50, 100], e.g. 99.99")
+        if not (50.0 < float(self.act_percentile) <= 100.0 or self.act_percentile == 0):
+            raise QuantConfigError(f"act_percentile={self.act_percentile} must be in (50, 100], e.g. 99.99, or 0 "
+                                   "(by width)")
         if not 0.0 < float(self.ema_momentum) <= 1.0:
             raise QuantConfigError(f"ema_momentum={self.ema_momentum} must be in (0, 1], e.g. 0.01")
         for pattern, bits in self.layer_bits.items():
@@ -131,6 +134,13 @@ class QuantConfig:
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise QuantConfigError(f"unknown quantization setting '{key}'{hint} (valid: {', '.join(valid)})")
         return cls(**{"share_input_quantizers": False, **dict(data)})
+
+    def percentile(self, act_bits: int) -> float:
+        """The activation percentile of an ``act_bits`` quantizer: ``act_percentile``, or with 0 the one the
+        demos measured best at that width (clipping fewer values pays at 8 bits, more below)."""
+        if self.act_percentile:
+            return float(self.act_percentile)
+        return 99.9999 if act_bits >= 8 else 99.99
 
     def describe(self) -> str:
         """Short label such as ``W8A8`` or ``W4A4+mixed``."""

@@ -13,7 +13,8 @@ exactly what those kernels compute, in that order:
 each step is exact and the result is bit-equal to the fused kernel (``tests/test_fake_quant.py`` checks
 values and gradients with ``torch.equal``, ties included).  Where torch.compile works the same arithmetic
 runs as one compiled pass (``quant.cpu_kernels``), per tensor and per channel along dim 0; LSQ's learnable
-per-tensor quantization likewise (``fake_quantize_learnable``).
+per-tensor quantization likewise (``fake_quantize_learnable``).  On a GPU nothing here reads a scale or zero
+point on the host (each read would be a device sync per layer and step); only the CPU's eager fallback does.
 """
 from __future__ import annotations
 
@@ -90,9 +91,12 @@ def _cpu_form(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qu
 
 def _fused(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int,
            axis: int | None) -> torch.Tensor:
-    zero_point = zero_point.to(torch.int32)
+    """torch's fused kernel, fed so that it never reads a parameter on the host: per tensor its tensor-parameter
+    form; per channel on CUDA a float zero point (with an int32 one the kernel checks the zero points' range
+    with ``.item()``, a device sync per call; its CUDA arithmetic is the same for both, the CPU kernel's is not)."""
     if axis is None:
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point.to(torch.int32), quant_min, quant_max)
+    zero_point = zero_point.to(torch.float32 if x.is_cuda else torch.int32)
     return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max)
 
 
@@ -143,30 +147,38 @@ def fake_quantize_covering(x: torch.Tensor, scale: torch.Tensor, zero_point: tor
     return _Covering.apply(x, scale, zero_point, quant_min, quant_max, axis)
 
 
-class _LearnableCPU(torch.autograd.Function):
-    """LSQ+ per tensor with compiled forward and backward: the values and input gradient of
-    ``torch._fake_quantize_learnable_per_tensor_affine``, its scale and zero-point gradients to float
-    rounding (``quant.cpu_kernels.lsq_backward``)."""
+class _Learnable(torch.autograd.Function):
+    """LSQ+ per tensor: the values and input gradient of ``torch._fake_quantize_learnable_per_tensor_affine``,
+    its scale and zero-point gradients to float rounding (``quant.cpu_kernels.lsq_backward``), with scale and
+    zero point kept on the device (torch's kernel reads both with ``.item()`` in forward and backward, a
+    device sync each).  On CPU forward and backward are compiled; elsewhere the forward is torch's fused
+    kernel in its tensor-parameter form and the backward runs eagerly."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, quant_min: int, quant_max: int, grad_factor: float):
-        z = float(zero_point.detach().float().reshape(()))
-        z_forward = float(min(max(round(z), quant_min), quant_max))  # round half to even, as the kernel's
-        ctx.save_for_backward(x, scale, zero_point)
-        ctx.z, ctx.grid, ctx.grad_factor = z_forward, (quant_min, quant_max), grad_factor
-        return _cpu_form(x, scale, torch.tensor(z_forward), quant_min, quant_max, None, False)[0]
+        # the kernel's forward zero point: rounded half to even, clamped to the grid
+        z = zero_point.detach().float().reshape(1).round().clamp(quant_min, quant_max)
+        ctx.save_for_backward(x, scale, z)
+        ctx.grid, ctx.grad_factor = (quant_min, quant_max), grad_factor
+        if _uses_fused(x):
+            return torch.fake_quantize_per_tensor_affine(x, scale.detach().float().reshape(1), z.to(torch.int32),
+                                                         quant_min, quant_max)
+        return _cpu_form(x, scale, z, quant_min, quant_max, None, False)[0]
 
     @staticmethod
     def backward(ctx, grad):
-        x, scale, zero_point = ctx.saved_tensors
+        x, scale, z = ctx.saved_tensors
         s = scale.detach().float().reshape(())
         quant_min, quant_max = ctx.grid
-        result = cpu_kernels.run(cpu_kernels.lsq_backward, x.view(-1), grad.contiguous().view(-1), 1.0 / s, s,
-                                 torch.tensor(ctx.z), torch.tensor(float(quant_min)),
-                                 torch.tensor(float(quant_max)), torch.tensor(ctx.grad_factor))
-        if result is None:  # compiling failed: torch's own backward kernel
-            result = torch.ops.aten._fake_quantize_learnable_per_tensor_affine_backward(
-                grad, x, scale, zero_point, quant_min, quant_max, ctx.grad_factor)
+        flat_x, flat_grad = x.reshape(-1), grad.contiguous().view(-1)
+        result = None
+        if not _uses_fused(x):
+            result = cpu_kernels.run(cpu_kernels.lsq_backward, flat_x, flat_grad, 1.0 / s, s, z.reshape(()),
+                                     torch.tensor(float(quant_min)), torch.tensor(float(quant_max)),
+                                     torch.tensor(ctx.grad_factor))
+        if result is None:  # on a GPU, or compiling failed: the same arithmetic eagerly (numbers stay on the host)
+            result = cpu_kernels.lsq_backward(flat_x, flat_grad, 1.0 / s, s, z.reshape(()), quant_min, quant_max,
+                                              ctx.grad_factor)
         grad_x, grad_scale, grad_zero_point = result
         return grad_x.view(x.shape), grad_scale.reshape(1), grad_zero_point.reshape(1), None, None, None
 
@@ -174,8 +186,9 @@ class _LearnableCPU(torch.autograd.Function):
 def fake_quantize_learnable(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
                             quant_max: int, grad_factor: float) -> torch.Tensor:
     """LSQ+ per-tensor fake quantization with learnable (1-element) ``scale`` and ``zero_point``:
-    ``torch._fake_quantize_learnable_per_tensor_affine``, compiled on CPU."""
-    if not _uses_fused(x) and _compilable(x):
-        return _LearnableCPU.apply(x, scale, zero_point, quant_min, quant_max, grad_factor)
+    ``torch._fake_quantize_learnable_per_tensor_affine``'s values and gradients without device syncs
+    (``_Learnable``); torch's own kernel only on CPU where nothing compiles."""
+    if _uses_fused(x) or _compilable(x):
+        return _Learnable.apply(x, scale, zero_point, quant_min, quant_max, grad_factor)
     return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero_point, quant_min, quant_max,
                                                              grad_factor)

@@ -15,6 +15,7 @@ from quant.graph import ModelGraph, trace
 from quant.layers import QUANT_CLASSES, QuantWeighted, attach_quantizers
 from quant.quantizer import FakeQuantizer, act_quantizer, weight_quantizer
 from backbones.layers import Add, Mul
+from utils.errors import InputError
 
 
 # deploy mode: a grouped conv with fewer input channels per group than this (not depthwise) reads a float
@@ -37,7 +38,7 @@ def _read_by_float_prelus(graph: ModelGraph, name: str) -> bool:
             isinstance(graph.modules[u], _BatchNorm) and _read_by_float_prelus(graph, u))) for u in users)
 
 
-class QuantizeError(ValueError):
+class QuantizeError(InputError, ValueError):
     """The model or the placement settings cannot be quantized as asked; the message says why."""
 
 
@@ -137,7 +138,7 @@ def _shared_inputs(graph: ModelGraph | None, plans: dict[str, _Plan]) -> list[li
 def _act(plan: _Plan, qcfg: QuantConfig, name: str, on: bool, nonnegative: bool = False) -> FakeQuantizer | None:
     if not on:
         return None
-    return act_quantizer(plan.act_bits, qcfg.act_observer, qcfg.act_percentile, qcfg.ema_momentum, name,
+    return act_quantizer(plan.act_bits, qcfg.act_observer, qcfg.percentile(plan.act_bits), qcfg.ema_momentum, name,
                          qcfg.lsq_init, nonnegative)
 
 

@@ -20,11 +20,11 @@ def main(config: str, out: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     finish = loop.finish
 
-    def finish_and_save(run, callbacks, started):  # the real finish, after this rank's state is kept
+    def finish_and_save(run, callbacks):  # the real finish, after this rank's state is kept
         torch.save(run.student.state_dict(), folder / f"student_rank{run.env.rank}.pt")
         if run.kd.learns:  # the projection / margin head, replicated on every rank
             torch.save(run.kd.state_dict(), folder / f"loss_rank{run.env.rank}.pt")
-        return finish(run, callbacks, started)
+        return finish(run, callbacks)
 
     loop.finish = finish_and_save
     cfg = load_config(config)

@@ -121,7 +121,7 @@ def test_broken_config_file_is_reported_with_its_path(tmp_path):
 
 
 def test_save_writes_a_config_that_loads_back_identically(tmp_path):
-    cfg = load_config(CONFIG_DIR / "r100_w4a4_real.py", ["layer_bits={'conv1': [8, 8]}", "lr=0.02"])
+    cfg = load_config(CONFIG_DIR / "r100_real.py", ["weight_bits=4", "act_bits=4", "layer_bits={'conv1': [8, 8]}", "lr=0.02"])
     saved = cfg.save(tmp_path / "run")
     assert saved == tmp_path / "run" / "config.py"
     again = load_config(saved)
@@ -139,29 +139,54 @@ def test_attribute_access_reads_and_guards_writes():
     assert isinstance(cfg, Config)
 
 
-CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p != BASE_CONFIG)
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.rglob("*.py") if p != BASE_CONFIG)
+NETWORKS = ["r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large", "vargfacenet"]
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_every_shipped_config_loads(path):
-    cfg = load_config(path)
+    cfg = load_config(path, ["network=r18"] if path.parent.name == "paper" else [])
     assert cfg.network in available_models()
 
 
-@pytest.mark.parametrize("net", ["r18", "r50", "r100", "mbf"])
-@pytest.mark.parametrize("bits", [8, 6, 4])
-def test_quantface_grid_matches_the_paper_setting(net, bits):
-    synthetic = load_config(CONFIG_DIR / f"{net}_w{bits}a{bits}_synthetic.py")
-    real = load_config(CONFIG_DIR / f"{net}_w{bits}a{bits}_real.py")
-    for cfg in (synthetic, real):
-        assert (cfg.network, cfg.weight_bits, cfg.act_bits) == (net, bits, bits)
-        assert (cfg.quant_mode, cfg.act_observer, cfg.observer_steps, cfg.bn_mode) == \
-               ("quantface", "minmax", 300, "train")
-        assert cfg.lr == 0.0 and cfg.optimizer == "sgd" and cfg.input_std is None  # the model's own spec
-        assert quant.QuantConfig.from_config(cfg).weight_symmetric is False  # quantface: asymmetric weights
-        assert cfg.teacher.endswith(f"_{net}/backbone.pth")
-    assert (synthetic.data_source, synthetic.epochs) == ("generator", 11)
-    assert synthetic.lr_milestones == [pytest.approx(10 / 11, abs=1e-3)]
-    assert (real.data_source, real.epochs, real.data_path) == ("recordio", 1, "data/faces_emore")
-    assert synthetic.output != real.output
-    assert len({load_config(CONFIG_DIR / f"{net}_w{b}a{b}_synthetic.py").output for b in (8, 6, 4)}) == 3
+def test_one_recipe_per_network_and_data_setting_and_every_one_exports():
+    """Each network's files are the exportable recipe (deploy placement), differing in data only."""
+    for net in NETWORKS:
+        synthetic = load_config(CONFIG_DIR / f"{net}_synthetic.py")
+        real = load_config(CONFIG_DIR / f"{net}_real.py")
+        for cfg in (synthetic, real):
+            assert (cfg.network, cfg.quant_mode, cfg.act_observer, cfg.bias_correction) == (net, "deploy", "lsq", True)
+            assert cfg.calibration_batches > 0 and cfg.teacher.endswith(f"_{net}/backbone.pth")
+        assert (synthetic.data_source, real.data_source) == ("generator", "recordio")
+        assert {k for k in synthetic if synthetic[k] != real[k]} == {"data_source", "data_path", "output",
+                                                                    "config_file"}
+    names = {p.stem for p in CONFIG_FILES if p.parent == CONFIG_DIR}
+    assert not [n for n in names if "_w" in n and not n.startswith("demo_")]  # bits are overrides, not files
+
+
+def test_bits_are_overrides_and_the_output_folder_follows_them():
+    outputs = {load_config(CONFIG_DIR / "r50_synthetic.py", [f"weight_bits={b}", f"act_bits={b}"]).output
+               for b in (8, 6, 4)}
+    assert outputs == {f"work_dirs/r50_synthetic_w{b}a{b}" for b in (8, 6, 4)}
+    paper = load_config(CONFIG_DIR / "paper" / "quantface_synthetic.py", ["network=r100", "weight_bits=4"])
+    assert paper.output == "work_dirs/quantface_synthetic_r100_w4a8"
+    assert load_config(CONFIG_DIR / "r50_synthetic.py", ["output=elsewhere"]).output == "elsewhere"
+
+
+def test_act_percentile_zero_follows_the_width():
+    qcfg = quant.QuantConfig.from_config(load_config(CONFIG_DIR / "r50_synthetic.py"))
+    assert (qcfg.percentile(8), qcfg.percentile(6)) == (99.9999, 99.99)
+    assert quant.QuantConfig(act_percentile=99.9).percentile(4) == 99.9
+
+
+@pytest.mark.parametrize("data", ["synthetic", "real"])
+def test_the_paper_configs_reproduce_quantface(data):
+    cfg = load_config(CONFIG_DIR / "paper" / f"quantface_{data}.py", ["network=r100", "weight_bits=4", "act_bits=4"])
+    assert (cfg.quant_mode, cfg.act_observer, cfg.observer_steps, cfg.bn_mode) == ("quantface", "minmax", 300, "train")
+    assert cfg.lr == 0.0 and cfg.optimizer == "sgd" and cfg.input_std is None  # the model's own spec
+    assert quant.QuantConfig.from_config(cfg).weight_symmetric is False  # quantface: asymmetric weights
+    if data == "synthetic":
+        assert (cfg.data_source, cfg.epochs) == ("generator", 11)
+        assert cfg.lr_milestones == [pytest.approx(10 / 11, abs=1e-3)]
+    else:
+        assert (cfg.data_source, cfg.epochs, cfg.data_path) == ("recordio", 1, "data/faces_emore")

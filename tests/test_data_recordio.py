@@ -127,6 +127,20 @@ def test_writer_round_trip_and_parallel_workers(tmp_path):
     assert torch.cat(labels).tolist() == [i % 4 for i in range(12)]
 
 
+def test_index_is_two_numpy_arrays_and_reads_an_unsorted_idx_with_a_repeated_key(tmp_path):
+    images = faces(5, size=112, seed=4)
+    rec, idx = write_recordio(tmp_path / "train.rec", [(png(im), float(i)) for i, im in enumerate(images)])
+    lines = idx.read_text().splitlines()
+    idx.write_text("\n".join([lines[3], lines[0], lines[5], lines[2], lines[4], "3\t0", lines[1], lines[3]]) + "\n")
+    index = RecordIOFile(rec).index  # key 3 listed twice: its last line (the right offset) counts
+    assert isinstance(index.keys, np.ndarray) and isinstance(index.offsets, np.ndarray) and len(index) == 6
+    assert 5 in index and 6 not in index and index.last_record() == 5
+    dataset = RecordIODataset(tmp_path)
+    for i, image in enumerate(images):
+        got, label = dataset.record(i)
+        assert np.array_equal(got, image) and label == i
+
+
 @pytest.fixture
 def good_pair(tmp_path):
     rec, idx = insightface_pair(tmp_path, faces(4, seed=4), [1.0, 2.0, 3.0, 4.0])

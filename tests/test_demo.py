@@ -8,7 +8,7 @@ from pathlib import Path
 
 import train_quantization
 from assets import assets_root, ensure_asset
-from tools import demo, demo_report
+from lab import demo, demo_report
 
 REPO = Path(__file__).resolve().parent.parent
 

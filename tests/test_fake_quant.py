@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from quant import cpu_kernels
-from quant.fake_quant import _fused, fake_quantize, fake_quantize_covering, fake_quantize_learnable
+from quant.fake_quant import _fused, _Learnable, fake_quantize, fake_quantize_covering, fake_quantize_learnable
 
 
 @pytest.fixture(params=[True, False], ids=["compiled", "eager"])
@@ -145,3 +145,60 @@ def test_a_kernel_that_cannot_compile_falls_back_with_one_warning(monkeypatch):
     x = torch.randn(64)  # and fake quantization still computes the fused kernel's values
     scale, zp = torch.tensor([0.05]), torch.tensor([4], dtype=torch.int32)
     assert torch.equal(fake_quantize(x, scale, zp, 0, 15), torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 15))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("axis,channels,qmin,qmax,zeros", CASES)
+def test_cuda_fused_kernels_never_sync_and_equal_the_int_zero_point_kernels(axis, channels, qmin, qmax, zeros):
+    # per channel the library passes a float zero point (an int32 one makes torch check its range with .item())
+    g = torch.Generator().manual_seed(7)
+    scale = torch.rand(channels, generator=g) * 0.05 + 1e-3
+    zero_point = (torch.randint(qmin, qmax + 1, (channels,), generator=g, dtype=torch.int32) if zeros == "random"
+                  else torch.zeros(channels, dtype=torch.int32))
+    x = _tensor_with_ties(scale, (channels, 24, 5, 5), axis, 0).cuda()
+    scale, zero_point, grad = scale.cuda(), zero_point.cuda(), torch.randn(x.shape, generator=g).cuda()
+    mine, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = fake_quantize(mine, scale, zero_point, qmin, qmax, axis)
+        out.backward(grad)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    if axis is None:
+        expected = torch.fake_quantize_per_tensor_affine(ref, scale, zero_point, qmin, qmax)
+    else:
+        expected = torch.fake_quantize_per_channel_affine(ref, scale, zero_point, axis, qmin, qmax)
+    expected.backward(grad)
+    assert torch.equal(out, expected) and torch.equal(mine.grad, ref.grad)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("zero_point", [7.3, -2.0, 70.0])
+def test_learnable_form_off_the_compiled_path_matches_torch_lsq_kernel_without_host_reads(zero_point, device,
+                                                                                         monkeypatch):
+    # cpu: the eager backward (what a GPU runs), compiling off; cuda: the fused forward too, with syncs as errors
+    monkeypatch.setattr(cpu_kernels, "_enabled", False)
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(8, 16, 6, 6, generator=g) * 0.8).to(device)
+    grad = torch.randn(x.shape, generator=g).to(device)
+    results = []
+    for fn in (_Learnable.apply, torch._fake_quantize_learnable_per_tensor_affine):
+        leaf = x.clone().requires_grad_()
+        scale = torch.tensor([0.03], device=device, requires_grad=True)
+        zp = torch.tensor([zero_point], device=device, requires_grad=True)
+        if device == "cuda" and fn is _Learnable.apply:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = fn(leaf, scale, zp, 0, 63, 0.01)
+            out.backward(grad)
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+        results.append((out, leaf.grad, scale.grad, zp.grad))
+    (out, dx, ds, dz), (ref, ref_dx, ref_ds, ref_dz) = results
+    assert torch.equal(out, ref) and torch.equal(dx, ref_dx)
+    assert 0 < int((ref_dx == 0).sum()) < x.numel()
+    torch.testing.assert_close(ds, ref_ds, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(dz, ref_dz, rtol=1e-4, atol=1e-6)

@@ -101,3 +101,21 @@ def test_the_checks_see_a_violation(tmp_path, monkeypatch):
     (tmp_path / "utils" / "bad.py").write_text("import os\n\ndef f():\n    from quant.model import quantize_model\n")
     modules = {"utils.bad": tmp_path / "utils" / "bad.py", "quant.model": REPO / "quant" / "model.py"}
     assert _imports(modules["utils.bad"], modules) == [("quant.model", 4)]
+
+
+LIBRARY = ["utils", "backbones", "quant", "assets", "data", "deploy", "eval", "distill", "tools",
+           "train_quantization.py", "eval_benchmarks.py", "export_model.py"]
+
+
+def test_the_library_holds_no_path_to_the_lab_photos_and_no_test_hook():
+    """The evaluation photos beside the checkout (``../shared``) are the lab's; the library reads no
+    environment variable that exists for the tests."""
+    found = []
+    for entry in LIBRARY:
+        files = sorted((REPO / entry).rglob("*.py")) if (REPO / entry).is_dir() else [REPO / entry]
+        for file in files:
+            text = file.read_text()
+            for needle in ('"shared"', "'shared'", "../shared", "RANK_STATE", "QUANTFACE_TEST"):
+                if needle in text:
+                    found.append(f"{file.relative_to(REPO)}: {needle}")
+    assert not found, "\n".join(found)

@@ -149,6 +149,21 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     assert restored["step"] == 7
 
 
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_rng_state_restores_from_a_checkpoint_mapped_to_another_device(tmp_path, device):
+    # resuming on a GPU maps the checkpoint there; the RNG states must still come back as CPU tensors
+    torch.manual_seed(5), np.random.seed(6), random.seed(7)
+    state = capture_rng_state()
+    expected = _draw()
+    path = save_training_state(tmp_path, 3, {"student": {"w": torch.ones(2)}, "optimizer": {}, "scheduler": {},
+                                             "rng": [state]}, keep_last=1)
+    _draw()
+    restored = load_training_state(path, map_location=device)
+    assert restored["student"]["w"].device.type == device
+    restore_rng_state(restored["rng"][0])
+    assert _draw() == expected
+
+
 def test_checkpoints_keep_only_the_last(tmp_path):
     for step in (10, 20, 30, 40):
         save_training_state(tmp_path, step, {"student": {"w": torch.full((2,), step)}, "optimizer": {},

@@ -184,25 +184,25 @@ def test_missing_or_mismatching_teacher_is_a_clear_error(assets, tmp_path, capsy
     common = {"network": "mbf", "network_kwargs": {"scale": 1}, "embedding_size": 64,
               "data_path": str(assets["faces2"]), "batch_size": 2, "num_steps": 2}
     missing = write_config(tmp_path / "a.py", teacher=str(tmp_path / "nope.pt"), output=str(tmp_path / "a"), **common)
-    assert tq.main([str(missing)]) == 1
+    assert tq.main([str(missing)]) == 2
     assert f"checkpoint not found: {tmp_path / 'nope.pt'}" in capsys.readouterr().err
     none = write_config(tmp_path / "b.py", teacher="", output=str(tmp_path / "b"), **common)
-    assert tq.main([str(none)]) == 1
+    assert tq.main([str(none)]) == 2
     assert "no teacher: set teacher=" in capsys.readouterr().err
     wrong_size = write_config(tmp_path / "c.py", teacher=str(assets["mbf"]), output=str(tmp_path / "c"),
                               **{**common, "embedding_size": 128})
-    assert tq.main([str(wrong_size)]) == 1
+    assert tq.main([str(wrong_size)]) == 2
     assert "makes 64-D embeddings but embedding_size=128" in capsys.readouterr().err
     wrong_net = write_config(tmp_path / "d.py", teacher=str(assets["r18"]), output=str(tmp_path / "d"), **common)
-    assert tq.main([str(wrong_net)]) == 1
+    assert tq.main([str(wrong_net)]) == 2
     assert "is a 'r18' but network='mbf'" in capsys.readouterr().err
     no_bins = write_config(tmp_path / "e.py", teacher=str(assets["mbf"]), output=str(tmp_path / "e"),
                            eval_data_dir=str(tmp_path), eval_targets=["lfw"], **common)
-    assert tq.main([str(no_bins)]) == 1
+    assert tq.main([str(no_bins)]) == 2
     assert f"verification set(s) not found: {tmp_path / 'lfw.bin'}" in capsys.readouterr().err
     bad_layers = write_config(tmp_path / "f.py", teacher=str(assets["mbf"]), output=str(tmp_path / "f"),
                               feature_layers=["stage?"], **common)
-    assert tq.main([str(bad_layers)]) == 1
+    assert tq.main([str(bad_layers)]) == 2
     assert "feature_layers pattern 'stage?' matches no module" in capsys.readouterr().err
     assert not (tmp_path / "a" / "checkpoints").exists()
 
@@ -226,7 +226,7 @@ def test_settings_that_cannot_apply_are_errors_naming_them(assets, tmp_path, cap
              ({"latent_interpolation": 2.0}, "latent_interpolation=2.0 must be in [0, 1]")]
     for index, (fields, message) in enumerate(cases):
         config = write_config(tmp_path / f"c{index}.py", output=str(tmp_path / f"o{index}"), **{**common, **fields})
-        assert tq.main([str(config)]) == 1, fields
+        assert tq.main([str(config)]) == 2, fields
         assert message in capsys.readouterr().err, fields
     same = write_config(tmp_path / "same.py", output=str(tmp_path / "same"), input_mean=[127.5] * 3, input_std=127.5,
                         image_size=112, **common)  # restating the model's own spec is fine
@@ -236,14 +236,14 @@ def test_settings_that_cannot_apply_are_errors_naming_them(assets, tmp_path, cap
     contradicting = save_checkpoint(tmp_path / "t.pt", get_model("mbf", **MBF).state_dict(),
                                     {"network": "mbf", "network_kwargs": MBF, "input_std": 128.0})
     config = write_config(tmp_path / "t.py", output=str(tmp_path / "t"), **{**common, "teacher": str(contradicting)})
-    assert tq.main([str(config)]) == 1
+    assert tq.main([str(config)]) == 2
     assert "records input input_std=128.0, but its network expects" in capsys.readouterr().err
 
     real_find_spec = importlib.util.find_spec  # a machine without the tensorboard package
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "tensorboard" else real_find_spec(name, *args))
     config = write_config(tmp_path / "tb.py", output=str(tmp_path / "tb"), tensorboard=True, **common)
-    assert tq.main([str(config)]) == 1
+    assert tq.main([str(config)]) == 2
     assert "tensorboard=True needs the tensorboard package: pip install tensorboard" in capsys.readouterr().err
     assert not (tmp_path / "tb" / "checkpoints").exists()
 
@@ -254,7 +254,7 @@ def test_resuming_with_other_training_settings_is_an_error_naming_them(assets, t
                           teacher=str(assets["mbf"]), data_path=str(assets["faces2"]), batch_size=2, num_steps=2,
                           lr=0.01, output=str(out))
     assert tq.main([str(config)]) == 0
-    assert tq.main([str(config), "resume=true", "lr=0.5", "weight_bits=4"]) == 1
+    assert tq.main([str(config), "resume=true", "lr=0.5", "weight_bits=4"]) == 2
     err = capsys.readouterr().err
     assert f"{out} holds a run with other settings (lr, weight_bits; e.g. lr was 0.01, now 0.5)" in err
     assert tq.main([str(config), "resume=true", "log_every=5"]) == 0  # bookkeeping may change
@@ -262,7 +262,7 @@ def test_resuming_with_other_training_settings_is_an_error_naming_them(assets, t
     del saved["augment_crop"]  # a run saved before the field existed did what its default does
     (out / "config.json").write_text(json.dumps(saved))
     assert tq.main([str(config), "resume=true"]) == 0
-    assert tq.main([str(config), "resume=true", "augment_crop=0.5"]) == 1
+    assert tq.main([str(config), "resume=true", "augment_crop=0.5"]) == 2
     assert "holds a run with other settings (augment_crop; e.g. augment_crop was None, now 0.5)" in capsys.readouterr().err
 
 
@@ -277,9 +277,26 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(asset
     bad_step = int(err.split("loss is nan at step ")[1].split()[0])
     saved = [step for step, _ in list_checkpoints(out)]
     assert 1 < bad_step <= 6 and saved[-1] == bad_step - 1
-    good = load_training_state(list_checkpoints(out)[-1][1])
-    assert all(torch.isfinite(v).all() for v in good["student"].values() if v.is_floating_point())
+    assert f"the last checkpoint is {list_checkpoints(out)[-1][1]} (step {bad_step - 1})" in err, err
+    for _, path in list_checkpoints(out):  # the diverged step was neither applied nor saved
+        good = load_training_state(path)
+        assert all(torch.isfinite(v).all() for v in good["student"].values() if v.is_floating_point())
     assert not (out / distill.FINAL_STUDENT).exists()
+
+
+def test_a_teacher_giving_nan_stops_at_the_first_step_saying_no_checkpoint_exists(assets, tmp_path, capsys):
+    state, meta = read_checkpoint(assets["mbf"])
+    key = next(k for k in state if k.endswith("running_var"))
+    state[key] = torch.full_like(state[key], float("nan"))
+    teacher = save_checkpoint(tmp_path / "nan_teacher.pt", state, meta)
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "cfg.py", network="mbf", network_kwargs={"scale": 1}, embedding_size=64,
+                          teacher=str(teacher), data_path=str(assets["faces2"]), batch_size=2, num_steps=3,
+                          save_every=1, calibration_batches=0, output=str(out))
+    assert tq.main([str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "loss is nan at step 1 (epoch 0, batch 0)" in err and "no checkpoint was saved before it" in err, err
+    assert not list_checkpoints(out) and not (out / "checkpoints" / "step_00000001.pt").exists()
 
 
 # ---- resume after a real kill, and DDP ----------------------------------------------------------
@@ -397,10 +414,10 @@ def test_margin_head_learns_on_labelled_recordio_and_is_checkpointed(assets, tmp
     path16.unlink()  # as if killed after step 8: the resumed run must take the very same steps 9..16
     run_inprocess(config, "resume=true")
     assert losses(out) == curve  # the log is cut back to step 8 on resume, then the same 8 losses follow
-    assert tq.main([str(config), "num_classes=2", f"output={tmp_path / 'few'}"]) == 1
+    assert tq.main([str(config), "num_classes=2", f"output={tmp_path / 'few'}"]) == 2
     assert "class labels must lie in 0..1" in capsys.readouterr().err
     assert tq.main([str(config), "data_source=folder", f"data_path={assets['faces2']}",
-                    f"output={tmp_path / 'unlabelled'}"]) == 1
+                    f"output={tmp_path / 'unlabelled'}"]) == 2
     assert "labelled data (data_source='recordio'" in capsys.readouterr().err
 
 
@@ -433,9 +450,9 @@ def test_student_from_must_be_the_configured_student(assets, tmp_path, capsys):
                           weight_bits=4, act_bits=4, output=str(first))
     run_inprocess(config)
     student = str(first / distill.FINAL_STUDENT)
-    assert tq.main([str(config), f"student_from={student}", "weight_bits=6", f"output={tmp_path / 'x'}"]) == 1
+    assert tq.main([str(config), f"student_from={student}", "weight_bits=6", f"output={tmp_path / 'x'}"]) == 2
     assert "was quantized with other settings: weight_bits=4 (config 6)" in capsys.readouterr().err
-    assert tq.main([str(config), f"student_from={assets['mbf']}", f"output={tmp_path / 'y'}"]) == 1
+    assert tq.main([str(config), f"student_from={assets['mbf']}", f"output={tmp_path / 'y'}"]) == 2
     assert "is a float checkpoint" in capsys.readouterr().err
 
 

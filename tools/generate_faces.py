@@ -9,6 +9,7 @@ Face ``i`` is file ``{i:07d}.png`` and equals ``GeneratedFaces(seed=S)`` face ``
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,8 @@ from backbones import input_spec
 from data.generated import GeneratedFaces
 from utils.config import load_config
 from utils.distributed import resolve_device
+from utils.errors import QuantFaceError, report
+from utils.fileio import check_writable_dir
 
 
 def contact_sheet(images: np.ndarray, columns: int = 8) -> np.ndarray:
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be >= 1")
+    check_writable_dir(args.out, "--out")
 
     faces = GeneratedFaces(args.weights, args.count, seed=args.seed, size=args.size,
                            device=resolve_device(args.device), batch_size=args.batch_size)
@@ -72,4 +76,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QuantFaceError as exc:
+        sys.exit(report(exc))

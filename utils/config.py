@@ -13,16 +13,19 @@ import difflib
 import json
 import os
 import pprint
+import re
 import runpy
 import types
 from pathlib import Path
 from typing import Any, Iterable
 
+from utils.errors import InputError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 BASE_CONFIG = CONFIG_DIR / "base.py"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config file or override is wrong; the message names the key and what to do."""
 
 
@@ -59,6 +62,18 @@ class Config(dict):
         path = directory / "config.py"
         path.write_text(self.to_python())
         return path
+
+
+def field_sections() -> str:
+    """Every field of ``config/base.py`` by section, names only (their defaults and meanings are in that file),
+    for a command's ``--help``."""
+    sections: list[tuple[str, list[str]]] = []
+    for line in BASE_CONFIG.read_text().splitlines():
+        if line.startswith("# ----"):
+            sections.append((re.split(r"[:(]", line.strip("# -"))[0].strip(), []))
+        elif sections and "=" in line and line[:1].isalpha():
+            sections[-1][1].append(line.split("=", 1)[0].strip())
+    return "\n".join(f"  {title}: {', '.join(names)}" for title, names in sections if names)
 
 
 def _unknown_key_message(key: str, valid: Iterable[str], where: str) -> str:
@@ -169,7 +184,19 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
             value = text.split("=", 1)[1]  # e.g. output=123 stays the string "123"
         cfg[key] = _check_type(key, value, defaults.get(key), "command line")
     cfg["config_file"] = str(path) if path else ""
+    if not cfg["output"]:
+        cfg["output"] = default_output(cfg)
     return _resolve_paths(cfg)
+
+
+def default_output(cfg: Config) -> str:
+    """``work_dirs/<config name>[_<network>]_w<W>a<A>[_mixed]``: the folder a run goes to when ``output`` is
+    not given, so that runs of one recipe at other widths (or of another network) never share a folder."""
+    name = Path(cfg["config_file"]).stem if cfg["config_file"] else "run"
+    if cfg["network"] not in name:
+        name += f"_{cfg['network']}"
+    name += f"_w{cfg['weight_bits']}a{cfg['act_bits']}" + ("_mixed" if cfg["layer_bits"] else "")
+    return str(Path("work_dirs") / name)
 
 
 def _resolve_paths(cfg: Config) -> Config:

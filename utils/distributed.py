@@ -7,11 +7,19 @@ with NCCL on GPUs or gloo on CPU.  Every helper here is a no-op (or the identity
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from utils.errors import InputError
+
+
+class DeviceError(InputError, RuntimeError):
+    """The device asked for does not exist on this machine."""
 
 
 @dataclass(frozen=True)
@@ -32,18 +40,30 @@ class DistEnv:
         return self.world_size > 1
 
 
+# How long a rank waits in a collective.  Rank 0 works alone at times (the BN-statistics images before the
+# first step, verification every ``eval_every`` steps) while the others already wait in their next
+# collective; NCCL's default of 10 minutes would end a long run there.
+COLLECTIVE_TIMEOUT = timedelta(minutes=60)
+
+
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else CPU; ``cuda`` -> ``cuda:<local_rank>``."""
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else CPU (said once: a run on the CPU that was
+    meant for a GPU is hundreds of times slower); ``cuda`` -> ``cuda:<local_rank>``."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
+        if spec == "cpu":
+            build = ("a CPU-only build" if torch.version.cuda is None
+                     else f"CUDA {torch.version.cuda}, but no GPU visible")
+            warnings.warn(f"device=auto: torch {torch.__version__} ({build}): running on the CPU. For a GPU, install "
+                          "a CUDA build of torch (docs/gpu.md); device=cpu silences this", RuntimeWarning, stacklevel=2)
     if spec == "cuda":
         spec = f"cuda:{local_rank}"
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device '{spec}' asked for but CUDA is not available; use device=cpu or auto")
+            raise DeviceError(f"device '{spec}' asked for but CUDA is not available; use device=cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device '{spec}' does not exist ({torch.cuda.device_count()} GPU(s) visible)")
+            raise DeviceError(f"device '{spec}' does not exist ({torch.cuda.device_count()} GPU(s) visible)")
         torch.cuda.set_device(device)
     return device
 
@@ -57,7 +77,8 @@ def init_distributed(device_spec: str = "auto") -> DistEnv:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **kwargs)
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=COLLECTIVE_TIMEOUT, **kwargs)
     return DistEnv(rank, world_size, local_rank, device)
 
 

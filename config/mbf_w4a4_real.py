@@ -1,6 +1,0 @@
-"""mbf, 4-bit weights and activations, QuantFace real-data setting."""
-_base_ = "mbf_real.py"
-
-weight_bits = 4
-act_bits = 4
-output = "work_dirs/mbf_w4a4_real"

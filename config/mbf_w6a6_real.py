@@ -1,6 +1,0 @@
-"""mbf, 6-bit weights and activations, QuantFace real-data setting."""
-_base_ = "mbf_real.py"
-
-weight_bits = 6
-act_bits = 6
-output = "work_dirs/mbf_w6a6_real"

@@ -1,6 +1,0 @@
-"""r100, 8-bit weights and activations, QuantFace synthetic-data setting."""
-_base_ = "r100_synthetic.py"
-
-weight_bits = 8
-act_bits = 8
-output = "work_dirs/r100_w8a8_synthetic"

@@ -1,6 +1,0 @@
-"""r18, 4-bit weights and activations, QuantFace synthetic-data setting."""
-_base_ = "r18_synthetic.py"
-
-weight_bits = 4
-act_bits = 4
-output = "work_dirs/r18_w4a4_synthetic"

@@ -1,6 +1,0 @@
-"""r18, 8-bit weights and activations, QuantFace synthetic-data setting."""
-_base_ = "r18_synthetic.py"
-
-weight_bits = 8
-act_bits = 8
-output = "work_dirs/r18_w8a8_synthetic"

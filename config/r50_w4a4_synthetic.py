@@ -1,6 +1,0 @@
-"""r50, 4-bit weights and activations, QuantFace synthetic-data setting."""
-_base_ = "r50_synthetic.py"
-
-weight_bits = 4
-act_bits = 4
-output = "work_dirs/r50_w4a4_synthetic"

@@ -1,6 +1,0 @@
-"""r50, 6-bit weights and activations, QuantFace synthetic-data setting."""
-_base_ = "r50_synthetic.py"
-
-weight_bits = 6
-act_bits = 6
-output = "work_dirs/r50_w6a6_synthetic"
