@@ -10,6 +10,8 @@ the two on this machine by a short timed probe on the file itself, taken only wh
 """
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import os
 import time
@@ -26,12 +28,14 @@ from backbones.spec import InputSpec
 from deploy.onnx_export import META_KEY, SPEC_KEY
 from deploy.onnx_model import OnnxModel, OnnxModelError
 
-try:
-    import openvino as ov
-except ImportError as _missing:  # an optional runtime: onnxruntime alone still runs every file
-    ov, OPENVINO_MISSING = None, f"openvino cannot be imported ({_missing}); pip install openvino"
-else:
-    OPENVINO_MISSING = ""
+OPENVINO_MISSING = "" if importlib.util.find_spec("openvino") else "openvino is not installed; pip install openvino"
+
+
+def _openvino() -> Any:
+    """The openvino module, imported only when a file runs on it: its native runtime and thread pool stay out
+    of processes that never use it (an optional runtime: onnxruntime alone still runs every file)."""
+    import openvino
+    return openvino
 
 RUNTIMES = ("onnxruntime", "openvino", "auto")
 PROBE_BATCH, PROBE_REPEATS = 8, 3
@@ -47,12 +51,12 @@ class OpenVinoModel(nn.Module):
 
     def __init__(self, path: str | os.PathLike, threads: int = 0, spec: InputSpec | None = None) -> None:
         super().__init__()
-        if ov is None:
+        if OPENVINO_MISSING:
             raise OnnxModelError(f"cannot run {path} on OpenVINO: {OPENVINO_MISSING}")
         self.path = Path(path)
         if not self.path.is_file():
             raise OnnxModelError(f"ONNX model not found: {self.path}")
-        self.core = ov.Core()
+        self.core = _openvino().Core()
         try:
             self.model = self.core.read_model(str(self.path))
             props = {p.key: p.value for p in onnx.load(str(self.path), load_external_data=False).metadata_props
@@ -121,7 +125,7 @@ def open_onnx(path: str | os.PathLike, runtime: str = "auto", threads: int = 0,
     if runtime == "openvino":
         return OpenVinoModel(path, threads, spec), "openvino (asked for)"
     first = OnnxModel(path, threads, spec)
-    if ov is None:
+    if OPENVINO_MISSING:
         return first, f"onnxruntime ({OPENVINO_MISSING})"
     second = OpenVinoModel(path, threads, first.input_spec)
     size = first.input_spec.size

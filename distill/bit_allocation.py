@@ -38,14 +38,15 @@ def held_out_faces(generator_weights: str, spec: InputSpec, device: torch.device
     return list(images.split(32))
 
 
-def cached_sensitivity(cfg: Config, teacher: nn.Module, spec: InputSpec,
+def cached_sensitivity(teacher_file: str, teacher: nn.Module, generator_weights: str, assets_dir: str,
                        device: torch.device) -> dict[str, dict[int, float]]:
-    """The teacher's per-layer weight sensitivity, from the cache when this teacher file was measured."""
-    key = f"{sha256_file(cfg.teacher)[:16]}-{HELD_OUT_SEED}-{HELD_OUT_FACES}-{'-'.join(map(str, WIDTHS))}"
-    path = Path(cfg.assets_dir) / "sensitivity" / f"{key}.json"
+    """The teacher's per-layer weight sensitivity, from ``<assets_dir>/sensitivity/`` when this teacher file
+    was measured before (the key is its sha256)."""
+    key = f"{sha256_file(teacher_file)[:16]}-{HELD_OUT_SEED}-{HELD_OUT_FACES}-{'-'.join(map(str, WIDTHS))}"
+    path = Path(assets_dir) / "sensitivity" / f"{key}.json"
     if path.is_file():
         return {name: {int(b): v for b, v in row.items()} for name, row in json.loads(path.read_text()).items()}
-    result = weight_sensitivity(teacher, held_out_faces(cfg.generator_weights, spec, device))
+    result = weight_sensitivity(teacher, held_out_faces(generator_weights, teacher.input_spec, device))
     atomic_write_json(path, result)
     return result
 
@@ -67,8 +68,7 @@ def weight_budget_bits(teacher: nn.Module, qcfg: quant.QuantConfig, share: float
     return (share * _saved_bytes(teacher.state_dict()) - overhead) * 8
 
 
-def allocate_layer_bits(cfg: Config, teacher: nn.Module, spec: InputSpec, device: torch.device
-                        ) -> dict[str, list[int]]:
+def allocate_layer_bits(cfg: Config, teacher: nn.Module, device: torch.device) -> dict[str, list[int]]:
     """``layer_bits`` for the student: each Conv/Linear at the width the budget gives it (activations at
     ``act_bits``), then the config's own ``layer_bits`` on top (they win)."""
     if cfg.student_network or cfg.student_from:
@@ -76,7 +76,7 @@ def allocate_layer_bits(cfg: Config, teacher: nn.Module, spec: InputSpec, device
                                "the teacher's copy: leave student_network and student_from empty")
     if not 0 < cfg.size_budget < 1:
         raise QuantConfigError(f"size_budget={cfg.size_budget} must be a share of the fp32 size in (0, 1), e.g. 0.15")
-    sensitivity = cached_sensitivity(cfg, teacher, spec, device)
+    sensitivity = cached_sensitivity(cfg.teacher, teacher, cfg.generator_weights, cfg.assets_dir, device)
     budget = weight_budget_bits(teacher, quant.QuantConfig.from_config(cfg), cfg.size_budget)
     widths = allocate_weight_bits(sensitivity, weight_counts(teacher), budget)
     return {**{name: [bits, cfg.act_bits] for name, bits in widths.items()}, **cfg.layer_bits}

@@ -373,7 +373,7 @@ def build_models(cfg: Config, env: DistEnv, resuming: bool = False) -> dict[str,
     spec = teacher.input_spec
     check_input_spec(cfg, spec, cfg.network)
     if cfg.size_budget:
-        cfg.layer_bits = allocate_layer_bits(cfg, teacher, spec, env.device)
+        cfg.layer_bits = allocate_layer_bits(cfg, teacher, env.device)
     try:
         data = build_train_batches(cfg, spec, env.device, env.rank, env.world_size, teacher)
         if cfg.student_from:

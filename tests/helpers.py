@@ -2,10 +2,14 @@
 onnxruntime runs for an ONNX file."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 
 import distill
@@ -34,3 +38,21 @@ def optimized_ops(path: Path, tmp_path: Path) -> list[str]:
     options.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+OWN_PROCESS = "QUANTFACE_TEST_IN_OWN_PROCESS"
+
+
+def ran_in_own_process(request) -> bool:
+    """Run the calling test in a fresh pytest process and return True (the caller then returns), unless this
+    is that process (False: the caller runs its body).  For tests that load OpenVINO, whose native thread pool
+    outlives its objects and has crashed the suite's process many tests later."""
+    if os.environ.get(OWN_PROCESS) == "1":
+        return False
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", request.node.nodeid],
+                            cwd=Path(__file__).resolve().parent.parent, env={**os.environ, OWN_PROCESS: "1"},
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    if " skipped" in result.stdout.splitlines()[-1]:
+        pytest.skip(result.stdout.strip().splitlines()[-1])
+    return True

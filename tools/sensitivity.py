@@ -4,7 +4,8 @@
 
 For each Conv/Linear layer alone quantized at 2, 3, 4, 5, 6 and 8 bits (its weights; with ``--activations``
 its input instead), how far the embeddings move from the float model's on held-out generated faces
-(``1 - cosine``).  Prints the table, writes ``sensitivity.json`` and ``sensitivity.png`` (one bar per layer
+(``1 - cosine``; weights are measured once per teacher file and cached, as training's ``size_budget``
+uses them).  Prints the table, writes ``sensitivity.json`` and ``sensitivity.png`` (one bar per layer
 and width) into ``--out``, and for each ``--budget`` (share of the fp32 size) the widths training with
 ``size_budget=`` would choose.
 """
@@ -19,9 +20,10 @@ from pathlib import Path
 import torch
 
 from assets import ensure_asset
-from distill.bit_allocation import held_out_faces, weight_budget_bits
+from distill.bit_allocation import cached_sensitivity, held_out_faces, weight_budget_bits
 from quant import QuantConfig, load_any_model
-from quant.sensitivity import act_sensitivity, allocate_weight_bits, weight_counts, weight_sensitivity
+from quant.sensitivity import act_sensitivity, allocate_weight_bits, weight_counts
+from utils.config import load_config
 from utils.errors import QuantFaceError
 
 
@@ -60,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        faces = held_out_faces(str(ensure_asset("gan_face_generate")), model.input_spec, torch.device("cpu"))
-        measure = act_sensitivity if args.activations else weight_sensitivity
-        table = measure(model, faces)
+        ensure_asset("gan_face_generate")
+        cfg, cpu = load_config(), torch.device("cpu")
+        if args.activations:
+            table = act_sensitivity(model, held_out_faces(cfg.generator_weights, model.input_spec, cpu))
+        else:  # shared with training's size_budget through the cache
+            table = cached_sensitivity(args.teacher, model, cfg.generator_weights, cfg.assets_dir, cpu)
     except QuantFaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
