@@ -49,7 +49,8 @@ def ran_in_own_process(request) -> bool:
     outlives its objects and has crashed the suite's process many tests later."""
     if os.environ.get(OWN_PROCESS) == "1":
         return False
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", request.node.nodeid],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:logging",
+                             request.node.nodeid],
                             cwd=Path(__file__).resolve().parent.parent, env={**os.environ, OWN_PROCESS: "1"},
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -83,3 +83,28 @@ def test_training_with_a_size_budget_ships_a_packed_file_within_it(model_and_fac
     assert len(list((tmp_path / "cache" / "sensitivity").glob("*.json"))) == 1  # measured once, cached
     run_inprocess(config, f"output={tmp_path / 'again'}")
     assert json.loads((tmp_path / "again" / "config.json").read_text())["layer_bits"] == saved
+
+
+def test_the_sensitivity_command_prints_plots_and_allocates(tmp_path, capsys):
+    from tools import sensitivity
+    teacher = write_teacher(tmp_path / "mbf.pt", "mbf", **MBF)
+    assert sensitivity.main([str(teacher), "--budget", "0.3", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    table = json.loads((tmp_path / "out" / "sensitivity.json").read_text())["sensitivity"]
+    assert set(table) == set(weighted_layers(get_model("mbf", **MBF))) and (tmp_path / "out" / "sensitivity.png").is_file()
+    assert "size_budget=0.3: mean weight width" in out
+    assert sensitivity.main([str(tmp_path / "out" / "sensitivity.json")]) == 2  # not a model: one line
+
+
+def test_the_front_scores_uniform_and_allocated_students_by_packed_size(tmp_path, capsys):
+    from lab import front
+    teacher = write_teacher(tmp_path / "mbf.pt", "mbf", **MBF)
+    config = write_config(tmp_path / "cfg.py", network="mbf", embedding_size=32, teacher=str(teacher),
+                          data_path=str(write_faces(tmp_path / "faces", 4)), batch_size=2, calibration_batches=1,
+                          observer_steps=0, generator_weights=str(ensure_asset("gan_face_generate")))
+    assert front.main([str(config), "--uniform", "8", "4", "--budgets", "0.2", "--out", str(tmp_path / "f")]) == 0
+    points = json.loads((tmp_path / "f" / "front.json").read_text())
+    assert [p.get("weight_bits", p.get("budget")) for p in points] == [8, 4, 0.2]
+    sizes = [p["size_ratio"] for p in points]
+    assert sizes[0] > sizes[1] and sizes[2] <= 0.2 and (tmp_path / "f" / "front.png").is_file()
+    assert all(-1 <= p["real_cos_mean"] <= 1 and p["seeds"] == [0] and "spread" in p for p in points)

@@ -20,6 +20,7 @@ from assets import ensure_asset
 from data import GeneratedFaces
 from eval.verification import write_bin
 from lab.realfaces import aligned_real_faces
+from deploy import OnnxModel
 from tests.test_deploy import cosine, faces, realistic  # noqa: F401  (faces is a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,14 +109,20 @@ def test_backbone_pth_to_shipped_int8_file_by_the_readme_commands(network, faces
     assert onnx_file.is_file() and packed.is_file()
 
     embedding = run_snippet(tmp_path, onnx_file)
-    student = quant.load_quantized(student_file).eval()
+    shipped = OnnxModel(onnx_file)
     image = cv2.imread(str(tmp_path / "face.jpg"))[:, :, ::-1].copy()
-    x = student.input_spec.normalise(torch.from_numpy(image).permute(2, 0, 1)[None])
-    with torch.no_grad():
-        reference = student(x)
-        perturbed = student(x + 1e-5 * torch.randn_like(x, generator=torch.Generator().manual_seed(0)))
-    ours = cosine(torch.from_numpy(embedding)[None], reference)
-    assert ours >= cosine(perturbed, reference) - 1e-4 and ours > 0.9, (ours, cosine(perturbed, reference))
+    x = shipped.input_spec.normalise(torch.from_numpy(image).permute(2, 0, 1)[None])
+    expected = torch.nn.functional.normalize(shipped(x), dim=1)[0].numpy()
+    np.testing.assert_allclose(embedding, expected, atol=1e-5)  # the snippet runs the file as it should
+    images, _, _ = aligned_real_faces()
+    faces_x = shipped.input_spec.normalise(torch.from_numpy(images).permute(0, 3, 1, 2))
+    student = quant.load_quantized(student_file).eval()
+    with torch.no_grad():  # a random-init network is chaotic: measure the file against a 1e-5 input perturbation
+        reference = student(faces_x)
+        perturbed = student(faces_x + 1e-5 * torch.randn_like(faces_x, generator=torch.Generator().manual_seed(0)))
+        ours, chaos = 1 - cosine(shipped(faces_x), reference).mean(), 1 - cosine(perturbed, reference).mean()
+    # within a few times what the perturbation moves (the recipe's iResNet file moved 1.8x as much on r18)
+    assert ours <= 3 * chaos and ours < 0.05, (float(ours), float(chaos))
 
 
 def run_snippet(folder: Path, onnx_file: Path) -> np.ndarray:

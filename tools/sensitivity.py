@@ -24,7 +24,7 @@ from distill.bit_allocation import cached_sensitivity, held_out_faces, weight_bu
 from quant import QuantConfig, load_any_model
 from quant.sensitivity import act_sensitivity, allocate_weight_bits, weight_counts
 from utils.config import load_config
-from utils.errors import QuantFaceError
+from utils.errors import InputError, QuantFaceError, report
 
 
 def plot(table: dict[str, dict[int, float]], path: Path, what: str) -> None:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, meta = load_any_model(args.teacher, args.network)
         if meta.get("quant"):
-            raise QuantFaceError(f"{args.teacher} is a quantized student; give the float teacher")
+            raise InputError(f"{args.teacher} is a quantized student; give the float teacher")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         started = time.time()
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # shared with training's size_budget through the cache
             table = cached_sensitivity(args.teacher, model, cfg.generator_weights, cfg.assets_dir, cpu)
     except QuantFaceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     widths = sorted(next(iter(table.values())))
     print(f"{'layer':<40}" + "".join(f"{b:>4} bit " for b in widths) + "   (1 - cosine, x1e-4)")
     for name, row in table.items():
