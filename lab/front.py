@@ -30,10 +30,9 @@ from utils.checkpoint import read_checkpoint
 from utils.config import Config, load_config
 
 
-def point(cfg: Config, teacher: torch.nn.Module, sets: list, work: Path) -> dict[str, Any]:
+def point(cfg: Config, teacher: torch.nn.Module, kwargs: dict[str, Any], sets: list, work: Path) -> dict[str, Any]:
     """One calibrated student of ``cfg``, packed and reloaded (what ships), scored on the face sets."""
     student = _ptq_baseline(teacher, cfg, torch.device("cpu")).eval()
-    kwargs = read_checkpoint(cfg.teacher)[1].get("network_kwargs", cfg.network_kwargs)
     meta = {"network": cfg.network, "network_kwargs": dict(kwargs), "quant": quant.QuantConfig.from_config(cfg).to_dict(),
             "input_spec": teacher.input_spec.to_dict()}
     packed = save_packed(work / "student.qfpack", student, meta)
@@ -85,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = [{"weight_bits": w} for w in args.uniform] + [{"budget": b} for b in args.budgets]
     teacher, sets = teacher_face_sets(base, torch.device("cpu"), (HOLDOUT_SEED, 1), JOHNS_DIR)
     sets = [s for s in sets if s.name in ("real", "johns")]
+    kwargs = read_checkpoint(base.teacher)[1].get("network_kwargs", base.network_kwargs)  # the student's own
     points = []
     with tempfile.TemporaryDirectory() as work:
         for label in labels:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_config(args.config, overrides)
                 if cfg.size_budget:
                     cfg.layer_bits = allocate_layer_bits(cfg, teacher, torch.device("cpu"))
-                runs.append(point(cfg, teacher, sets, Path(work)))
+                runs.append(point(cfg, teacher, kwargs, sets, Path(work)))
             points.append(combine(runs, {"teacher": Path(base.teacher).stem, **label, "act_bits": base.act_bits},
                                   args.seeds))
             print(json.dumps(points[-1]), flush=True)

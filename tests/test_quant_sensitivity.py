@@ -60,7 +60,7 @@ def test_narrower_widths_move_every_layer_more(model_and_faces):
     assert not model._forward_pre_hooks and all(not m._forward_pre_hooks for m in model.modules())
 
 
-def test_training_with_a_size_budget_ships_a_packed_file_within_it(model_and_faces, tmp_path):
+def test_training_with_a_size_budget_ships_a_packed_file_within_it(tmp_path):
     teacher = write_teacher(tmp_path / "mbf.pt", "mbf", **MBF)
     out = tmp_path / "run"
     config = write_config(tmp_path / "cfg.py", network="mbf", embedding_size=32, teacher=str(teacher),
