@@ -10,6 +10,9 @@ network_kwargs = {}           # extra constructor keywords for the teacher (e.g.
 embedding_size = 512          # teacher embedding dimension (num_features)
 teacher = ""                  # teacher: arcface_torch backbone.pth/model.pt, this project's checkpoint, or a face model .onnx
 onnx_input_spec = {}          # an .onnx teacher's input (ONNX files do not record it): keys size mean std channels alignment; {} = ArcFace (112, RGB, 127.5/127.5)
+image_size = None             # network input side; None = the model's declared input spec (a different value is an error)
+input_mean = None             # pixel mean of (x - mean) / std; None = the model's declared spec (127.5 for every backbone here); a different value is an error
+input_std = None              # pixel std of (x - mean) / std; None = the model's declared spec (127.5 insightface, 128 mfn_tflite); a different value is an error
 student_network = ""          # student backbone; "" = same architecture as the teacher, initialised from it
 student_network_kwargs = {}   # constructor keywords for a different student architecture
 student_embedding_size = 0    # 0 = same as embedding_size; differing sizes get a learned projection in the loss
@@ -55,15 +58,12 @@ generator_weights = "{assets_dir}/gan_face_generate/weights.tar"  # DCGAN genera
 samples_per_epoch = 528000    # generated faces per epoch (QuantFace used 528k synthetic images; bn_stats: images made, e.g. 2048)
 bn_stats_steps = 500          # data_source="bn_stats": Adam steps per chunk of images (ZeroQ: 500)
 bn_stats_lr = 0.1             # data_source="bn_stats": Adam learning rate on the pixels (normalised units)
-image_size = None             # network input side; None = the model's declared input spec (a different value is an error)
-input_mean = None             # pixel mean of (x - mean) / std; None = the model's declared spec (127.5 for every backbone here); a different value is an error
-input_std = None              # pixel std of (x - mean) / std; None = the model's declared spec (127.5 insightface, 128 mfn_tflite); a different value is an error
 random_flip = True            # random horizontal flip of training images
-num_workers = 8               # DataLoader worker processes (folder / recordio), at most one per CPU core
 skip_unreadable_images = False  # folder / recordio: leave out an image that cannot be decoded (counted, reported at the end) instead of stopping with its name
+batch_size = 128              # images per GPU (per process)
+seed = 0                      # random seed (data order, generator latents, init)
 
 # ---- optimisation -------------------------------------------------------------------------------
-batch_size = 128              # images per GPU (per process)
 lr = 0.0                      # learning rate; 0 = 0.1 x total batch / 512 (QuantFace)
 optimizer = "sgd"             # sgd | adamw
 momentum = 0.9                # SGD momentum
@@ -94,18 +94,16 @@ keep_last = 3                 # checkpoints kept
 resume = False               # continue from the last checkpoint in output
 log_every = 10                # metrics line every N steps
 tensorboard = False           # also write TensorBoard events (needs the tensorboard package)
-seed = 0                      # random seed (data order, generator latents, init)
 device = "auto"               # auto (cuda when present) | cpu | cuda | cuda:N
+num_workers = 8               # DataLoader worker processes (folder / recordio), at most one per CPU core
+assets_dir = os.environ.get("QUANTFACE_ASSETS", "~/.cache/quantface")  # asset cache (tools/fetch_assets.py)
+config_file = ""              # set by the loader: the experiment file this config came from
 
 # ---- evaluation ---------------------------------------------------------------------------------
 eval_targets = ["lfw", "cfp_fp", "agedb_30", "calfw", "cplfw"]  # .bin verification sets
 eval_data_dir = ""            # folder holding <target>.bin; "" = no verification during training
 eval_every = 2000             # verify every N steps during training
 eval_batch_size = 64          # batch size for verification
-
-# ---- assets -------------------------------------------------------------------------------------
-assets_dir = os.environ.get("QUANTFACE_ASSETS", "~/.cache/quantface")  # asset cache (tools/fetch_assets.py)
-config_file = ""              # set by the loader: the experiment file this config came from
 
 # ---- experimental: data options measured not to help (docs/data.md); kept for the studies in lab/ ---------
 augment_crop = 1.0            # smallest random square crop, as a share of the face's area (resized back); 1 = off

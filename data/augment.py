@@ -10,8 +10,8 @@ to uint8, like every other source's images.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,11 +48,6 @@ class Augmentation:
         for name, (ok, interval) in valid.items():
             if not ok:
                 raise ValueError(f"augment_{name}={getattr(self, name)} must be {interval}")
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "Augmentation":
-        """From the config's ``augment_*`` fields."""
-        return cls(**{f.name: float(cfg[f"augment_{f.name}"]) for f in fields(cls)})
 
     @property
     def active(self) -> bool:

@@ -1,4 +1,4 @@
-"""The training script's one data entry: ``build_train_batches(cfg, device, rank, world_size)``.
+"""The training script's one data entry: ``build_train_batches(settings, spec, device, rank, world_size)``.
 
 Epoch ``e`` visits a permutation keyed by ``(seed, e)`` (the same on every rank), drops the last
 partial global batch, and gives rank ``r`` every ``world_size``-th sample from ``r`` (as
@@ -26,6 +26,7 @@ from backbones.spec import InputSpec
 from data.images import ImageDataError, flip_where, to_chw
 from data.keyed_random import keyed_coins, keyed_normals, keyed_permutation, to_device
 from data.recordio import RecordIODataset
+from data.settings import DataSettings
 
 BN_STATS_FILE = "bn_stats_faces.pt"
 NO_LABEL = -1  # the class of a sample from an unlabelled source
@@ -165,41 +166,35 @@ class TrainBatches:
         return list(getattr(self.source, "skipped", ()))
 
 
-def build_train_batches(cfg, spec: InputSpec, device: str | torch.device, rank: int = 0, world_size: int = 1,
-                        teacher: nn.Module | None = None) -> TrainBatches:
-    """TrainBatches for ``cfg.data_source`` (generator of ``samples_per_epoch`` faces | folder | recordio |
-    bn_stats: ``samples_per_epoch`` images made from ``teacher``'s BatchNorm statistics before training,
-    kept in ``<output>/bn_stats_faces.pt`` | noise: Gaussian pixels, the no-data baseline), sized and
-    normalised for a model with input ``spec``."""
-    device = torch.device(device)
-    kind = cfg.data_source
+def build_train_batches(settings: DataSettings, spec: InputSpec, device: str | torch.device, rank: int = 0,
+                        world_size: int = 1, teacher: nn.Module | None = None, workers: int = 0,
+                        cache_dir: str | os.PathLike | None = None) -> TrainBatches:
+    """TrainBatches for ``settings.data_source`` (generator of ``samples_per_epoch`` faces | folder | recordio,
+    read by ``workers`` loader processes | bn_stats: ``samples_per_epoch`` images made from ``teacher``'s
+    BatchNorm statistics before training, kept in ``<cache_dir>/bn_stats_faces.pt`` | noise: Gaussian pixels,
+    the no-data baseline), sized and normalised for a model with input ``spec``."""
+    device, s, kind = torch.device(device), settings, settings.data_source
     if kind == "bn_stats":
-        if teacher is None:
-            raise ValueError("data_source='bn_stats' makes its images from the teacher; none was given")
-        images = cached_bn_statistics_faces(Path(cfg.output) / BN_STATS_FILE, teacher, cfg.samples_per_epoch, spec,
-                                            cfg.seed, cfg.batch_size, cfg.bn_stats_steps, cfg.bn_stats_lr, device)
+        if teacher is None or cache_dir is None:
+            raise ValueError("data_source='bn_stats' makes its images from the teacher, kept in a cache folder; "
+                             "give both")
+        images = cached_bn_statistics_faces(Path(cache_dir) / BN_STATS_FILE, teacher, s.samples_per_epoch, spec,
+                                            s.seed, s.batch_size, s.bn_stats_steps, s.bn_stats_lr, device)
         source, length = (lambda plan: (_unlabelled(images[indices.to(images.device)]) for indices in plan)), len(images)
     elif kind == "noise":  # the no-data baseline: Gaussian pixels around mid-grey, keyed per sample
         def noise(plan: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for indices in plan:
-                pixels = keyed_normals(cfg.seed, "noise", indices.numpy(), 3 * spec.size * spec.size)
+                pixels = keyed_normals(s.seed, "noise", indices.numpy(), 3 * spec.size * spec.size)
                 images = (127.5 + 64.0 * pixels).round().clamp(0, 255).to(torch.uint8)
                 yield _unlabelled(images.view(-1, 3, spec.size, spec.size).to(device))
-        source, length = noise, cfg.samples_per_epoch
+        source, length = noise, s.samples_per_epoch
     elif kind == "generator":
-        faces = GeneratedFaces(cfg.generator_weights, cfg.samples_per_epoch, seed=cfg.seed, size=spec.size,
-                               device=device, batch_size=cfg.batch_size, alignment=spec.alignment,
-                               interpolation=cfg.latent_interpolation, upsample=cfg.generator_upsample)
+        faces = GeneratedFaces(s.generator_weights, s.samples_per_epoch, seed=s.seed, size=spec.size,
+                               device=device, batch_size=s.batch_size, alignment=spec.alignment,
+                               interpolation=s.latent_interpolation, upsample=s.generator_upsample)
         source, length = _generator_source(faces), len(faces)
-    elif kind in ("folder", "recordio"):
-        if not cfg.data_path:
-            raise ValueError(f"data_source = {kind!r} needs data_path (the image folder, or the folder holding "
-                             "train.rec and train.idx)")
+    else:  # folder or recordio (DataSettings admits no other source)
         dataset_type = FaceFolderDataset if kind == "folder" else RecordIODataset
-        dataset = dataset_type(cfg.data_path, size=spec.size, alignment=spec.alignment)
-        source, length = _LoaderSource(dataset, cfg.num_workers, device, cfg.skip_unreadable_images), len(dataset)
-    else:
-        raise ValueError(f"unknown data_source {kind!r}; use 'generator', 'folder', 'recordio', 'bn_stats' or "
-                         "'noise'")
-    return TrainBatches(source, length, cfg.batch_size, cfg.seed, spec, cfg.random_flip, rank, world_size,
-                        Augmentation.from_config(cfg))
+        dataset = dataset_type(s.data_path, size=spec.size, alignment=spec.alignment)
+        source, length = _LoaderSource(dataset, workers, device, s.skip_unreadable_images), len(dataset)
+    return TrainBatches(source, length, s.batch_size, s.seed, spec, s.random_flip, rank, world_size, s.augmentation)

@@ -20,9 +20,8 @@ from backbones.spec import InputSpec
 from data.generated import GeneratedFaces
 import quant
 from deploy.packed import pack_student
-from quant.config import QuantConfigError
+from distill.settings import TrainSettings
 from quant.sensitivity import WIDTHS, allocate_weight_bits, weight_counts, weight_sensitivity
-from utils.config import Config
 from utils.fileio import atomic_write_json, sha256_file
 
 HELD_OUT_SEED = 90_001   # generated faces no training stream draws (training seeds are small integers)
@@ -68,15 +67,12 @@ def weight_budget_bits(teacher: nn.Module, qcfg: quant.QuantConfig, share: float
     return (share * _saved_bytes(teacher.state_dict()) - overhead) * 8
 
 
-def allocate_layer_bits(cfg: Config, teacher: nn.Module, device: torch.device) -> dict[str, list[int]]:
-    """``layer_bits`` for the student: each Conv/Linear at the width the budget gives it (activations at
+def allocate_layer_bits(settings: TrainSettings, teacher: nn.Module, device: torch.device) -> dict[str, list[int]]:
+    """``layer_bits`` for the student: each Conv/Linear at the width ``size_budget`` gives it (activations at
     ``act_bits``), then the config's own ``layer_bits`` on top (they win)."""
-    if cfg.student_network or cfg.student_from:
-        raise QuantConfigError("size_budget chooses widths from the teacher's sensitivity, so the student must be "
-                               "the teacher's copy: leave student_network and student_from empty")
-    if not 0 < cfg.size_budget < 1:
-        raise QuantConfigError(f"size_budget={cfg.size_budget} must be a share of the fp32 size in (0, 1), e.g. 0.15")
-    sensitivity = cached_sensitivity(cfg.teacher, teacher, cfg.generator_weights, cfg.assets_dir, device)
-    budget = weight_budget_bits(teacher, quant.QuantConfig.from_config(cfg), cfg.size_budget)
+    placement = settings.quant.placement
+    sensitivity = cached_sensitivity(settings.model.teacher, teacher, settings.data.generator_weights,
+                                     settings.run.assets_dir, device)
+    budget = weight_budget_bits(teacher, placement, settings.quant.size_budget)
     widths = allocate_weight_bits(sensitivity, weight_counts(teacher), budget)
-    return {**{name: [bits, cfg.act_bits] for name, bits in widths.items()}, **cfg.layer_bits}
+    return {**{name: [bits, placement.act_bits] for name, bits in widths.items()}, **placement.layer_bits}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import quant
-from distill.setup import Run
+from distill.run import Run
 from distill.train_state import capture_rng_state, save_training_state
 from eval.verification import verify
 from utils.distributed import all_gather_objects, all_reduce_mean
@@ -23,7 +23,7 @@ def verify_student(student: nn.Module, run: Run) -> dict[str, Any]:
     """Verification on every .bin target, observers paused meanwhile (``verify`` restores the train mode)."""
     quant.set_observers(student, False)
     try:
-        return {name: verify(student, str(path), run.env.device, run.cfg.eval_batch_size)
+        return {name: verify(student, str(path), run.env.device, run.settings.eval.eval_batch_size)
                 for name, path in run.bins.items()}
     finally:
         quant.set_observers(student, run.observing)
@@ -36,11 +36,11 @@ class StepCallbacks:
     def __init__(self, run: Run, started: float) -> None:
         self.run, self.started = run, started  # time.time() when this session began (before preparing)
         main = run.env.is_main
-        self.logger = MetricsLogger(run.cfg.output, main, run.cfg.tensorboard,
+        self.logger = MetricsLogger(run.settings.run.output, main, run.settings.run.tensorboard,
                                     resume_step=run.step if run.resumed_from else None)
         self.bar = progress_bar(run.steps, run.step, main)
         self.meter, self.losses, self.feature_losses = Throughput(), [], []
-        self.images_per_step = run.cfg.batch_size * run.env.world_size
+        self.images_per_step = run.settings.data.batch_size * run.env.world_size
         self.session_start, self.session_steps = time.perf_counter(), 0
         self.eval_results: dict[str, Any] = {}
         self.last_loss = math.nan  # the last step's loss: the same in a resumed run as in an unbroken one
@@ -48,18 +48,18 @@ class StepCallbacks:
     def after_step(self, loss: torch.Tensor, feature_loss: torch.Tensor | None) -> None:
         """``loss`` (and the feature term): this rank's detached values, kept on the device until the next
         metrics line, where they are averaged over ranks and read back in one go."""
-        run, cfg = self.run, self.run.cfg
+        run, settings = self.run, self.run.settings
         self.session_steps += 1
         self.losses.append(loss)
         if feature_loss is not None:
             self.feature_losses.append(feature_loss)
         self.meter.add(self.images_per_step)
         self.bar.update(1)
-        if run.step % cfg.log_every == 0 or run.step == run.steps:
+        if run.step % settings.run.log_every == 0 or run.step == run.steps:
             self.log_metrics()
-        if run.bins and run.env.is_main and run.step % cfg.eval_every == 0 and run.step < run.steps:
+        if run.bins and run.env.is_main and run.step % settings.eval.eval_every == 0 and run.step < run.steps:
             self.verify()
-        if run.step % cfg.save_every == 0 or run.step == run.steps:
+        if run.step % settings.run.save_every == 0 or run.step == run.steps:
             self.checkpoint()
 
     def log_metrics(self) -> None:
@@ -86,14 +86,14 @@ class StepCallbacks:
         rng = all_gather_objects(capture_rng_state())  # every rank's, for an exact resume
         at_end = run.batch >= run.data.batches_per_epoch  # position of the next batch to train
         if run.env.is_main:
-            save_training_state(run.cfg.output, run.step, {
+            save_training_state(run.settings.run.output, run.step, {
                 "student": run.student.state_dict(),
                 "projection": run.kd.state_dict() if run.kd.learns else {},  # projection and margin head
                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                 "scaler": run.scaler.state_dict(), "rng": rng, "observers_enabled": run.observing,
                 "epoch": run.epoch + 1 if at_end else run.epoch, "batch": 0 if at_end else run.batch,
                 "world_size": run.env.world_size, "total_steps": run.steps, "wall_time_s": self.wall_time_s(),
-            }, run.cfg.keep_last)
+            }, run.settings.run.keep_last)
 
     def wall_time_s(self) -> float:
         """Seconds the run has taken so far, the parts before a resume included (kept in the checkpoints)."""

@@ -19,7 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 import quant
 from distill.callbacks import StepCallbacks
 from distill.precision import keep_tail_fp32
-from distill.setup import Run, TrainingError, check_run_fields, check_same_run, prepare_run
+from distill.resume import check_same_run
+from distill.settings import TrainSettings
+from distill.run import Run
+from distill.setup import TrainingError, prepare_run
 from distill.train_state import list_checkpoints, load_training_state, rng_isolated
 from utils.config import Config
 from utils.cpu_memory import reuse_freed_cpu_memory
@@ -67,13 +70,13 @@ def train_step(run: Run, model: nn.Module, loss_fn: nn.Module, images: torch.Ten
     feature_loss = None
     if run.features is not None:
         feature_loss = run.features.loss()
-        loss = loss + run.cfg.feature_weight * feature_loss
+        loss = loss + run.settings.optim.feature_weight * feature_loss
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     finite, norm = torch.isfinite(loss.detach()), None
-    if run.cfg.grad_clip > 0:
+    if run.settings.optim.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
-        norm = nn.utils.clip_grad_norm_(run.trainable, run.cfg.grad_clip)
+        norm = nn.utils.clip_grad_norm_(run.trainable, run.settings.optim.grad_clip)
     elif not run.amp:
         norm = nn.utils.get_total_norm([p.grad for p in run.trainable if p.grad is not None])
     if not run.amp:
@@ -93,7 +96,7 @@ def not_finite(run: Run, index: int, loss: torch.Tensor, norm: torch.Tensor | No
     value = loss.item()
     what = (f"loss is {value}" if not math.isfinite(value)
             else f"gradients are not finite (norm {norm.item()}; loss {value:.4g})")
-    found = list_checkpoints(run.cfg.output)
+    found = list_checkpoints(run.settings.run.output)
     last = (f"the last checkpoint is {found[-1][1]} (step {found[-1][0]})" if found
             else "no checkpoint was saved before it")
     return (f"{what} at step {run.step + 1} (epoch {run.epoch}, batch {index}); the step was not applied and the run "
@@ -103,7 +106,7 @@ def not_finite(run: Run, index: int, loss: torch.Tensor, norm: torch.Tensor | No
 def advance(run: Run, index: int) -> None:
     """Count the step just taken; stop observing ranges after ``observer_steps`` training steps."""
     run.step, run.batch = run.step + 1, index + 1
-    if run.observing and run.step >= run.cfg.observer_steps:
+    if run.observing and run.step >= run.settings.quant.observer_steps:
         run.observing = False
         quant.set_observers(run.student, False)
 
@@ -127,12 +130,12 @@ def announce(run: Run) -> None:
     """Save the resolved config beside the outputs and say what is about to run (rank 0)."""
     if not run.env.is_main:
         return
-    run.cfg.save(run.cfg.output)
+    run.settings.flat.save(run.settings.run.output)
     where = f"resuming from {run.resumed_from} at step {run.step}" if run.resumed_from else "starting"
-    print(f"{where}: {run.student_name} {run.qcfg.describe()} student of {run.cfg.network} teacher, {run.steps} "
-          f"steps of {run.cfg.batch_size}x{run.env.world_size} images, lr {run.lr:g}, device {run.env.device}",
+    print(f"{where}: {run.student_name} {run.qcfg.describe()} student of {run.settings.model.network} teacher, {run.steps} "
+          f"steps of {run.settings.data.batch_size}x{run.env.world_size} images, lr {run.lr:g}, device {run.env.device}",
           flush=True)
-    if run.qcfg.mode == "quantface":
+    if run.qcfg.quant_mode == "quantface":
         print("note: quant_mode='quantface' is the paper's placement, for comparison: its student does not export "
               "to integer kernels (export_model.py refuses it); config/<network>_synthetic.py trains one that does",
               flush=True)
@@ -146,13 +149,13 @@ def finish(run: Run, callbacks: StepCallbacks) -> dict[str, Any]:
         return {}
     if run.bins:
         callbacks.verify()
-    output = Path(run.cfg.output)
+    output = Path(run.settings.run.output)
     final = output / FINAL_STUDENT
     quant.save_quantized(final, run.student, run.student_name, run.student_kwargs, run.qcfg,
-                         meta={"input_spec": run.spec.to_dict(), "teacher": run.cfg.teacher,
+                         meta={"input_spec": run.spec.to_dict(), "teacher": run.settings.model.teacher,
                                "embedding_size": run.student_kwargs["num_features"]})
     size = quant.size_report(run.student)
-    summary = {"student": run.student_name, "teacher_network": run.cfg.network, "bits": run.qcfg.describe(),
+    summary = {"student": run.student_name, "teacher_network": run.settings.model.network, "bits": run.qcfg.describe(),
                "weight_bits": run.qcfg.weight_bits, "act_bits": run.qcfg.act_bits, "size_mb": size["total_mb"],
                "fp32_mb": size["fp32_mb"], "compression": size["compression"], "steps": run.steps,
                "final_loss": callbacks.last_loss, "eval": callbacks.eval_results, "images_per_s": images_per_s,
@@ -174,29 +177,31 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def finished_summary(cfg: Config) -> dict[str, Any] | None:
+def finished_summary(settings: TrainSettings) -> dict[str, Any] | None:
     """With ``resume=true``: the summary of the same run in ``output`` when it already ran to its last step
     (then nothing is redone: no calibration, and ``summary.json`` keeps the time the run took)."""
-    output = Path(cfg.output)
+    output = Path(settings.run.output)
     found = list_checkpoints(output)
-    if not (cfg.resume and found and (output / FINAL_STUDENT).is_file() and (output / "summary.json").is_file()):
+    if not (settings.run.resume and found and (output / FINAL_STUDENT).is_file()
+            and (output / "summary.json").is_file()):
         return None
-    check_run_fields(cfg)
-    check_same_run(cfg)
+    check_same_run(settings)
     last = load_training_state(found[-1][1])
     return json.loads((output / "summary.json").read_text()) if last["step"] == last["total_steps"] else None
 
 
 def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
-    """Run (or resume) one distillation; return the trained student and the summary (rank 0)."""
-    done = finished_summary(cfg)
+    """Run (or resume) one distillation of the flat config ``cfg``; return the trained student and the summary
+    (rank 0)."""
+    settings = TrainSettings.from_config(cfg)  # every section checked before anything is loaded
+    done = finished_summary(settings)
     if done is not None:
         print(f"{cfg.output}: this run already finished ({done['steps']} steps); nothing to redo", flush=True)
         return quant.load_quantized(Path(cfg.output) / FINAL_STUDENT, map_location=env.device), done
     started = time.time()
     if env.device.type == "cpu":
         reuse_freed_cpu_memory()
-    run = prepare_run(cfg, env)
+    run = prepare_run(settings, env)
     if run.amp:
         keep_tail_fp32(run.student)  # the embedding layers in fp32, as arcface_torch's fc
     announce(run)
@@ -215,6 +220,6 @@ def train(cfg: Config, env: DistEnv) -> tuple[nn.Module, dict[str, Any]]:
 
 def resume_point(run: Run) -> str:
     """Where ``resume=true`` would continue this run from, in words."""
-    found = list_checkpoints(run.cfg.output)
+    found = list_checkpoints(run.settings.run.output)
     return (f"it continues from step {found[-1][0]}, the last checkpoint" if found
             else "no checkpoint was written yet, so it starts from the beginning")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,6 @@ from data import TrainBatches
 from distill.train_state import rng_isolated
 from quant.batches import batch_input
 from quant.reconstruct import ReconstructionSettings, reconstruct
-from utils.config import Config
 from utils.distributed import broadcast, rank
 from utils.fileio import atomic_torch_save, atomic_write_json
 
@@ -30,14 +30,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "reconstruction.pt"
 REPORT_FILE = "reconstruction.json"
-
-
-def reconstruction_settings(cfg: Config) -> ReconstructionSettings:
-    """The ``reconstruct_*`` fields of the config."""
-    return ReconstructionSettings(iters=cfg.reconstruct_iters, batch_size=cfg.reconstruct_batch_size,
-                                  min_layers=cfg.reconstruct_min_layers, drop_prob=cfg.reconstruct_drop,
-                                  round_weight=cfg.reconstruct_round_weight, round_lr=cfg.reconstruct_round_lr,
-                                  scale_lr=cfg.reconstruct_scale_lr, seed=cfg.seed)
 
 
 def calibration_images(data: TrainBatches, count: int, device: torch.device) -> torch.Tensor:
@@ -48,12 +40,13 @@ def calibration_images(data: TrainBatches, count: int, device: torch.device) -> 
     return torch.cat(batches)[:count].to(device)
 
 
-def reconstruct_student(cfg: Config, student: nn.Module, data: TrainBatches, device: torch.device) -> None:
-    """Reconstruct ``student``'s blocks in place (rank 0, resumable), then give every rank rank 0's student."""
-    settings = reconstruction_settings(cfg)
+def reconstruct_student(settings: ReconstructionSettings, output: Path, student: nn.Module, data: TrainBatches,
+                        device: torch.device) -> None:
+    """Reconstruct ``student``'s blocks in place (rank 0, resumable in ``output``), then give every rank rank
+    0's student."""
     if rank() == 0:
-        reconstruct_resumably(Path(cfg.output), student, settings,
-                               lambda: calibration_images(data, cfg.reconstruct_images, device))
+        reconstruct_resumably(Path(output), student, settings,
+                               lambda: calibration_images(data, settings.reconstruct_images, device))
     with torch.no_grad():
         for tensor in student.state_dict().values():
             broadcast(tensor)
@@ -93,4 +86,14 @@ def save_progress(path: Path, settings: ReconstructionSettings, student: nn.Modu
 
 
 def _settings_key(settings: ReconstructionSettings) -> dict[str, Any]:
-    return {**dataclasses.asdict(settings), "beta": list(settings.beta)}
+    return dataclasses.asdict(settings)
+
+
+def reconstructed_state(output: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The student's state after a finished block reconstruction in ``output``, or None where the run did not
+    reconstruct (or stopped during it)."""
+    path = Path(output) / PROGRESS_FILE
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return saved["student"] if saved["complete"] else None

@@ -63,7 +63,8 @@ def lr_lambda(scheduler: str, steps: int, warmup_steps: int = 0, milestones: Seq
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """The per-step scheduler the config asks for (``scheduler``, ``warmup_steps``, ``lr_milestones``, ``lr_gamma``)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: Any, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-step scheduler the optimisation section asks for (``scheduler``, ``warmup_steps``,
+    ``lr_milestones``, ``lr_gamma``)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.scheduler, steps, cfg.warmup_steps, cfg.lr_milestones, cfg.lr_gamma))
+        optimizer, lr_lambda(optim.scheduler, steps, optim.warmup_steps, optim.lr_milestones, optim.lr_gamma))

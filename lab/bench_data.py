@@ -20,7 +20,7 @@ import cv2
 import torch
 
 from backbones import get_model, input_spec
-from data import build_train_batches
+from data import DataSettings, build_train_batches
 from data.recordio import write_recordio
 from tools.generate_faces import main as generate_faces
 from utils.config import load_config
@@ -34,7 +34,8 @@ def _sync(device: torch.device) -> None:
 
 def source_rate(cfg, device: torch.device) -> float:
     """Images/s over one epoch of ``build_train_batches`` for the config's network (after the first batch)."""
-    batches = build_train_batches(cfg, input_spec(cfg.network), device)
+    batches = build_train_batches(DataSettings.from_config(cfg), input_spec(cfg.network), device,
+                                  workers=cfg.num_workers)
     iterator = batches.epoch(0)
     first = next(iterator)
     _sync(device)

@@ -56,9 +56,9 @@ from utils.checkpoint import save_checkpoint
 OURS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ours int8": ({}, {}), "ours int8 fci": ({"float_conv_inputs": True}, {}),
     "ours int8 I8w fci": ({"float_conv_inputs": True}, {"int8_weights": True}),
-    "ours int8 PReLU-in": ({"prelu_input": True}, {}),
-    "ours int8 W7 PReLU-in": ({"weight_bits": 7, "prelu_input": True}, {}),
-    "ours int8 I8w PReLU-in": ({"prelu_input": True}, {"int8_weights": True})}
+    "ours int8 PReLU-in": ({"quantize_prelu_input": True}, {}),
+    "ours int8 W7 PReLU-in": ({"weight_bits": 7, "quantize_prelu_input": True}, {}),
+    "ours int8 I8w PReLU-in": ({"quantize_prelu_input": True}, {"int8_weights": True})}
 PLAIN = ("plain fp32", "plain quantize_static")  # the reference: ``plain_twin`` in fp32 and through quantize_static
 VARIANTS = ("fp32 pytorch", "fp32 onnxruntime", "fp32 ours", "quantize_static int8", *OURS, *PLAIN)
 FP32 = ("fp32 onnxruntime", "fp32 ours")  # the float files: the fastest of them on either runtime is the baseline
@@ -242,15 +242,15 @@ def report(results: dict[str, dict[str, dict[str, Any]]], agree: dict[str, dict[
     lines += ["", "fastest fp32 (" + ", ".join(keys) + ")"]
     for name, variants in results.items():
         lines.append(f"{name:<12} " + " ".join(f"{_fastest_fp32(variants, k):>22}" for k in keys))
-    lines += ["", "images/s ratios to the fastest fp32 runtime (" + ", ".join(keys) + "); to nncf int8 @ov"]
+    lines += ["", "images/s ratios to the fastest fp32 runtime (" + ", ".join(keys) + ")" + ("; to nncf int8 @ov" if any(f"{NNCF} @ov" in v for v in results.values()) else "")]
     for name, variants in results.items():
         for label, r in variants.items():
             if label.split(" @")[0] in (*FP32, "fp32 pytorch"):
                 continue
             row = " ".join(f"{r['rates'][k] / variants[_fastest_fp32(variants, k)]['rates'][k]:9.2f}" for k in keys)
             nncf = variants.get(f"{NNCF} @ov")
-            versus = " ".join(f"{r['rates'][k] / nncf['rates'][k]:6.2f}" for k in keys) if nncf else ""
-            lines.append(f"{name:<12} {label:<30} / fastest fp32 {row}   / nncf {versus}")
+            versus = ("   / nncf " + " ".join(f"{r['rates'][k] / nncf['rates'][k]:6.2f}" for k in keys)) if nncf else ""
+            lines.append(f"{name:<12} {label:<30} / fastest fp32 {row}{versus}")
         ours = variants["ours int8 @ort"]
         lines.append(f"{name:<12} size ours / fp32 onnx      "
                      f"{ours['size_mb'] / variants['fp32 onnxruntime @ort']['size_mb']:9.3f}")

@@ -20,7 +20,7 @@ import argparse
 import copy
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,12 @@ import torch
 import quant
 from backbones import load_float_model
 from backbones.spec import InputSpec
-from data import GeneratedFaces, build_train_batches
+from data import DataSettings, GeneratedFaces, TrainBatches, build_train_batches
 from lab.realfaces import JOHNS_DIR, aligned_real_faces, johns_faces
 from eval.agreement import compare_models
 from eval.embed import embed_batches
 from deploy import OnnxModel, export_onnx
-from distill.reconstruction import PROGRESS_FILE
+from distill.reconstruction import reconstructed_state
 from deploy.baseline import quantize_static_baseline
 from deploy.timing import images_per_s
 from eval.report import markdown_table
@@ -65,22 +65,25 @@ def _ptq_baseline(teacher: torch.nn.Module, cfg: Config, device: torch.device) -
     """The student's quantizer on the teacher, calibrated on the batches the run calibrated on; no training.
     Seeded, because percentile ranges sample the activations they estimate from."""
     torch.manual_seed(cfg.seed)
-    batches = build_train_batches(cfg, teacher.input_spec, device, teacher=teacher).calibration()
+    batches = _batches(cfg, teacher, device).calibration()
     return quant.post_training_quantize(teacher, quant.QuantConfig.from_config(cfg), batches,
                                         cfg.calibration_batches).student.to(device)
 
 
+def _batches(cfg: Config, teacher: torch.nn.Module, device: torch.device) -> TrainBatches:
+    """The run's own training stream (its first batches are what it calibrated on)."""
+    return build_train_batches(DataSettings.from_config(cfg), teacher.input_spec, device, teacher=teacher,
+                               cache_dir=cfg.output)
+
+
 def _reconstructed(cfg: Config, baseline: torch.nn.Module) -> torch.nn.Module | None:
-    """The run's student after block reconstruction, before distillation (``<output>/reconstruction.pt``), or
-    None when the run did not reconstruct."""
-    path = Path(cfg.output) / PROGRESS_FILE
-    if not path.is_file():
-        return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not saved["complete"]:
+    """The run's student after block reconstruction, before distillation, or None when the run did not
+    reconstruct."""
+    state = reconstructed_state(cfg.output)
+    if state is None:
         return None
     model = copy.deepcopy(baseline)
-    model.load_state_dict(saved["student"])
+    model.load_state_dict(state)
     return model
 
 
@@ -115,7 +118,21 @@ def score_model(model: torch.nn.Module, sets: list[FaceSet], cfg: Config, device
             for s in sets}
 
 
-def evaluate_config(cfg: Config, device: torch.device, cache: dict[Any, Any], holdout: tuple[int, int],
+@dataclass
+class Shared:
+    """What the configs of one teacher share, made once: its face sets with its embeddings (by teacher file)
+    and the naive baselines' scores, sizes and speeds (by the stream they calibrate on)."""
+
+    teachers: dict[str, tuple[torch.nn.Module, list[FaceSet]]] = field(default_factory=dict)
+    baselines: dict[tuple[Any, ...], tuple[dict[str, Any], float, float, dict[str, float]]] = field(
+        default_factory=dict)
+
+    def real_faces(self) -> FaceSet:
+        """The first teacher's real photos (every teacher sees the same photos, aligned its own way)."""
+        return next(iter(self.teachers.values()))[1][0]
+
+
+def evaluate_config(cfg: Config, device: torch.device, shared: Shared, holdout: tuple[int, int],
                     johns_dir: Path) -> dict[str, Any]:
     """Teacher, calibration-only baseline, distilled student and the shipped ONNX files of one demo run,
     on each face set of its teacher; the ONNX files also timed."""
@@ -123,9 +140,9 @@ def evaluate_config(cfg: Config, device: torch.device, cache: dict[Any, Any], ho
     if not student_path.is_file():
         raise FileNotFoundError(f"{student_path} not found: run `python train_quantization.py {cfg.config_file}` "
                                 "first")
-    if cfg.teacher not in cache:
-        cache[cfg.teacher] = teacher_face_sets(cfg, device, holdout, johns_dir)
-    teacher, sets = cache[cfg.teacher]
+    if cfg.teacher not in shared.teachers:
+        shared.teachers[cfg.teacher] = teacher_face_sets(cfg, device, holdout, johns_dir)
+    teacher, sets = shared.teachers[cfg.teacher]
 
     def scores(kind: str, model: torch.nn.Module, size_mb: float) -> dict[str, Any]:
         return {"size_mb": size_mb, **score_model(model, sets, cfg, device, kind)}
@@ -142,13 +159,13 @@ def evaluate_config(cfg: Config, device: torch.device, cache: dict[Any, Any], ho
     onnx = OnnxModel(export_onnx(quant.load_quantized(student_path), Path(cfg.output) / "student_int8.onnx"),
                      threads=SPEED_THREADS)
     result["onnx"] = scores("onnx", onnx, onnx.size_mb)
-    key = ("baseline", cfg.teacher, cfg.data_source, cfg.data_path, cfg.generator_weights, cfg.seed, cfg.batch_size)
-    if key not in cache:  # the same teacher and calibration faces give the same baseline: made once
+    key = (cfg.teacher, DataSettings.from_config(cfg))  # the same teacher and calibration faces: the same baseline
+    if key not in shared.baselines:
         teacher_onnx, static, ours = teacher_baselines(cfg, teacher, device)
-        cache[key] = (scores("quantize_static", static, static.size_mb), teacher_onnx.size_mb, ours.size_mb,
-                      {"teacher_onnx": _speed(teacher_onnx), "teacher_onnx_ours": _speed(ours),
-                       "quantize_static": _speed(static)})
-    result["quantize_static"], result["teacher_onnx_mb"], result["teacher_onnx_ours_mb"], speeds = cache[key]
+        shared.baselines[key] = (scores("quantize_static", static, static.size_mb), teacher_onnx.size_mb, ours.size_mb,
+                                 {"teacher_onnx": _speed(teacher_onnx), "teacher_onnx_ours": _speed(ours),
+                                  "quantize_static": _speed(static)})
+    result["quantize_static"], result["teacher_onnx_mb"], result["teacher_onnx_ours_mb"], speeds = shared.baselines[key]
     result["speed"] = {**speeds, "onnx": _speed(onnx)}
     return result
 
@@ -167,7 +184,7 @@ def teacher_baselines(cfg: Config, teacher: torch.nn.Module, device: torch.devic
     fp32 = export_onnx(teacher, output / "teacher_fp32.onnx", native_prelu=True)
     ours = export_onnx(teacher, output / "teacher_fp32_ours.onnx")
     batches, faces = [], 0
-    for batch in build_train_batches(cfg, teacher.input_spec, device, teacher=teacher).calibration():
+    for batch in _batches(cfg, teacher, device).calibration():
         batches.append(batch[:BASELINE_FACES - faces])
         faces += len(batches[-1])
         if faces >= BASELINE_FACES:
@@ -373,16 +390,16 @@ def main(argv: list[str] | None = None) -> int:
         per_config = [seed_configs(path, args.seeds) for path in args.configs]
         configs = [runs[0] for runs in per_config]
         device = resolve_device(configs[0].device)
-        cache: dict[Any, Any] = {}
+        shared = Shared()
         holdout = (args.holdout_seed, args.holdout_count)
-        results = [combine_seeds([evaluate_config(cfg, device, cache, holdout, johns_dir) for cfg in runs],
+        results = [combine_seeds([evaluate_config(cfg, device, shared, holdout, johns_dir) for cfg in runs],
                                  [cfg.seed for cfg in runs]) for runs in per_config]
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out or configs[0].output)
     out.mkdir(parents=True, exist_ok=True)
-    real = next(iter(cache.values()))[1][0]
+    real = shared.real_faces()
     seeds = results[0]["seeds"]
     over = (f"; mean over seeds {', '.join(map(str, seeds))}, spread (max - min) in brackets" if len(seeds) > 1
             else f"; seed {seeds[0]} only")

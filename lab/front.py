@@ -24,6 +24,7 @@ import torch
 import quant
 from deploy.packed import load_packed, save_packed
 from distill.bit_allocation import allocate_layer_bits
+from distill.settings import TrainSettings
 from lab.demo_report import HOLDOUT_SEED, _ptq_baseline, score_model, teacher_face_sets
 from lab.realfaces import JOHNS_DIR
 from utils.checkpoint import read_checkpoint
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                  else f"size_budget={label['budget']}")
                 cfg = load_config(args.config, overrides)
                 if cfg.size_budget:
-                    cfg.layer_bits = allocate_layer_bits(cfg, teacher, torch.device("cpu"))
+                    cfg.layer_bits = allocate_layer_bits(TrainSettings.from_config(cfg), teacher, torch.device("cpu"))
                 runs.append(point(cfg, teacher, kwargs, sets, Path(work)))
             points.append(combine(runs, {"teacher": Path(base.teacher).stem, **label, "act_bits": base.act_bits},
                                   args.seeds))

@@ -13,7 +13,7 @@ these modules.  Each found module is re-classed in place into its quantized subc
 are wrapped (a custom Conv2d subclass stays float).  A torch.fx trace (``quant.graph``) tells which
 module feeds which, for BN folding and for skipping redundant input quantizers.
 
-Placement (``QuantConfig.mode``)
+Placement (``QuantConfig.quant_mode``)
 --------------------------------
 * ``quantface`` (the paper): every Conv2d/Linear weight per output channel from the current weights'
   min/max (asymmetric); PReLU slope per tensor at the activation bit width and PReLU output

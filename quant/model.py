@@ -86,12 +86,12 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
         module, acts = targets[name], not is_float_bits(plan.act_bits)
         binary, relu = isinstance(module, (Add, Mul)), isinstance(module, nn.ReLU)
         plan.inputs = (False, False) if binary else () if relu else (False,)
-        plan.output = acts and (binary or (relu and qcfg.mode == "deploy"))
+        plan.output = acts and (binary or (relu and qcfg.quant_mode == "deploy"))
         if isinstance(module, nn.PReLU):  # QuantFace: slope and output; deploy: float (or its input quantized)
-            plan.weight = plan.output = acts and qcfg.mode == "quantface"
+            plan.weight = plan.output = acts and qcfg.quant_mode == "quantface"
         else:
             plan.weight = not (binary or relu) and not is_float_bits(plan.weight_bits)
-    if qcfg.mode == "deploy":
+    if qcfg.quant_mode == "deploy":
         for name, plan in plans.items():
             users = graph.consumers(name) if graph is not None else []
             if not users or is_float_bits(plan.act_bits):
@@ -101,7 +101,7 @@ def _plan(model: nn.Module, graph: ModelGraph | None, qcfg: QuantConfig) -> dict
                 plan.output = False
         quantized = {name for name, plan in plans.items() if plan.output}
         for name, plan in plans.items():
-            if (isinstance(targets[name], nn.PReLU) and not qcfg.prelu_input) or is_float_bits(plan.act_bits):
+            if (isinstance(targets[name], nn.PReLU) and not qcfg.quantize_prelu_input) or is_float_bits(plan.act_bits):
                 continue
             if _narrow_groups(targets[name]) or (qcfg.float_conv_inputs and graph is not None and isinstance(
                     targets[name], (nn.Conv2d, nn.Linear)) and _read_by_float_prelus(graph, name)):
@@ -167,7 +167,7 @@ def _attach(model: nn.Module, plans: dict[str, _Plan], qcfg: QuantConfig,
         for name, index in rest:
             reader = model.get_submodule(name)
             reader.register_module(reader.input_names[index], quantizer)
-    if qcfg.mode != "deploy":
+    if qcfg.quant_mode != "deploy":
         return
     for name, plan in plans.items():  # int32 bias at s_in * s_w, as the int8 kernel adds it
         module = model.get_submodule(name)
@@ -204,6 +204,6 @@ def quantize_inplace(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
     elif qcfg.bn_mode == "frozen":
         freeze_batchnorms(model)
     plans = _plan(model, graph, qcfg)
-    share = qcfg.mode == "deploy" and qcfg.share_input_quantizers
+    share = qcfg.quant_mode == "deploy" and qcfg.share_input_quantizers
     _attach(model, plans, qcfg, _shared_inputs(graph, plans) if share else [])
     return model

@@ -16,7 +16,7 @@ from torch import nn
 
 from quant.batches import batch_input
 from quant.bias_correction import correct_biases
-from quant.config import QuantConfig
+from quant.config import QuantConfig, check_calibration
 from quant.equalize import equalize
 from quant.model import quantize_model
 from quant.observers import calibrate
@@ -42,8 +42,7 @@ def post_training_quantize(model: nn.Module, qcfg: QuantConfig, batches: Iterabl
     correct biases (``qcfg.bias_correction``) on the first two.  With ``calibration_batches=0`` the
     student's observers stay enabled (ranges are then observed during training).  ``model`` is untouched.
     """
-    if qcfg.bias_correction and calibration_batches < 1:
-        raise ValueError("bias_correction needs calibrated ranges: set calibration_batches >= 1")
+    check_calibration(qcfg, calibration_batches)
     stream = (batch_input(b) for b in batches)
     kept = max(EQUALIZE_BATCHES if qcfg.equalize else 0, min(calibration_batches, EQUALIZE_BATCHES))
     head = list(islice(stream, kept))  # reused: equalisation, then the first calibration batches

@@ -3,9 +3,9 @@ each block of the student, in order, to the float model's output of that block.
 
 Per block (``quant.blocks``): the block's input as the already-reconstructed quantized blocks before it
 produce it, and the float model's input and output of the block, are computed once for the calibration
-images.  Then ``iters`` Adam steps learn each Conv2d/Linear weight's rounding (``quant.adaround``) and the
+images.  Then ``reconstruct_iters`` Adam steps learn each Conv2d/Linear weight's rounding (``quant.adaround``) and the
 step size of every activation quantizer in the block, minimising the squared error to the float output.
-QDrop: with probability ``drop_prob`` each value of the block's input is the float one instead of the
+QDrop: with probability ``reconstruct_drop`` each value of the block's input is the float one instead of the
 quantized one, and each activation quantizer in the block passes that share of its values through
 unquantized, so the fit does not lean on one pattern of quantization noise.  At the end every rounding is
 decided and written into the weights, which then lie exactly on their quantizers' grids: the student is an
@@ -29,9 +29,11 @@ from tqdm import tqdm
 
 from quant.adaround import AdaRoundWeight
 from quant.blocks import Block, find_blocks
+from quant.config import QuantConfigError
 from quant.layers import QuantWeighted
 from quant.quantizer import FakeQuantizer
 from utils.modes import eval_mode
+from utils.sections import Section
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +41,37 @@ _QUANTIZER_SLOTS = ("weight_quant", "input_quant", "input0_quant", "input1_quant
 EVAL_IMAGES = 256   # images on which each block's error is reported before and after its fit
 
 
-@dataclass
-class ReconstructionSettings:
-    """``iters`` Adam steps per block on ``batch_size`` cached images; the rounding regulariser's weight
-    ``round_weight`` is off for the first ``warmup`` share of the steps, then its temperature falls
-    linearly from ``beta[0]`` to ``beta[1]`` (BRECQ's schedule)."""
+WARMUP = 0.2               # share of the steps before the rounding regulariser starts
+BETA = (20.0, 2.0)         # the regulariser's temperature, falling linearly from the first to the second
 
-    iters: int = 500
-    batch_size: int = 32
-    min_layers: int = 2
-    drop_prob: float = 0.5
-    round_weight: float = 0.01
-    round_lr: float = 1e-3
-    scale_lr: float = 4e-5
-    warmup: float = 0.2
-    beta: tuple[float, float] = (20.0, 2.0)
+
+@dataclass(frozen=True)
+class ReconstructionSettings(Section):
+    """The config's block-reconstruction section: ``reconstruct_iters`` Adam steps per block on
+    ``reconstruct_batch_size`` of the first ``reconstruct_images`` calibration images; the rounding
+    regulariser's weight is off for the first ``WARMUP`` share of the steps, then its temperature falls
+    linearly over ``BETA`` (BRECQ's schedule)."""
+
+    reconstruct_iters: int = 0
+    reconstruct_images: int = 1024
+    reconstruct_batch_size: int = 16
+    reconstruct_min_layers: int = 2
+    reconstruct_drop: float = 0.5
+    reconstruct_round_weight: float = 0.01
+    reconstruct_round_lr: float = 1e-3
+    reconstruct_scale_lr: float = 4e-5
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.reconstruct_iters < 0:
+            raise QuantConfigError(f"reconstruct_iters={self.reconstruct_iters} must be >= 0 (0 = no block "
+                                   "reconstruction)")
+        for key in ("reconstruct_images", "reconstruct_batch_size", "reconstruct_min_layers"):
+            if self.reconstruct_iters and getattr(self, key) < 1:
+                raise QuantConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if not 0.0 <= self.reconstruct_drop < 1.0:
+            raise QuantConfigError(f"reconstruct_drop={self.reconstruct_drop} must be in [0, 1) (0.5 = QDrop, "
+                                   "0 = BRECQ)")
 
 
 @contextlib.contextmanager
@@ -99,11 +116,11 @@ def _block_error(block: Block, inputs: torch.Tensor, target: torch.Tensor, batch
 
 def _temperature(settings: ReconstructionSettings, step: int) -> float | None:
     """The regulariser's beta at ``step``, or None during the warm-up (no regulariser)."""
-    progress = step / settings.iters
-    if progress < settings.warmup:
+    progress = step / settings.reconstruct_iters
+    if progress < WARMUP:
         return None
-    start, end = settings.beta
-    return end + (start - end) * max(0.0, 1.0 - (progress - settings.warmup) / (1.0 - settings.warmup))
+    start, end = BETA
+    return end + (start - end) * max(0.0, 1.0 - (progress - WARMUP) / (1.0 - WARMUP))
 
 
 class _BlockFit:
@@ -123,15 +140,15 @@ class _BlockFit:
         self.activations = [q for q in block.module.modules() if isinstance(q, FakeQuantizer) and q.has_state]
         for q in self.activations:
             q.scale.requires_grad_(True)
-            q.drop_prob = settings.drop_prob
-        self.optimizer = torch.optim.Adam([{"params": [r.logit for r in self.roundings], "lr": settings.round_lr},
-                                           {"params": [q.scale for q in self.activations], "lr": settings.scale_lr}])
+            q.drop_prob = settings.reconstruct_drop
+        self.optimizer = torch.optim.Adam([{"params": [r.logit for r in self.roundings], "lr": settings.reconstruct_round_lr},
+                                           {"params": [q.scale for q in self.activations], "lr": settings.reconstruct_scale_lr}])
 
     def regularizer(self, step: int) -> torch.Tensor | float:
         beta = _temperature(self.settings, step)
         if beta is None or not self.roundings:
             return 0.0
-        return self.settings.round_weight * sum(r.regularizer(beta) for r in self.roundings)
+        return self.settings.reconstruct_round_weight * sum(r.regularizer(beta) for r in self.roundings)
 
     @torch.no_grad()
     def finish(self) -> None:
@@ -152,11 +169,11 @@ def _fit(student: nn.Module, block: Block, q_in: torch.Tensor, fp_in: torch.Tens
          settings: ReconstructionSettings, label: str) -> None:
     fit = _BlockFit(student, block, settings)
     try:
-        for step in tqdm(range(settings.iters), desc=label, unit="step", leave=False):
-            idx = torch.randint(len(q_in), (settings.batch_size,), device=q_in.device)
+        for step in tqdm(range(settings.reconstruct_iters), desc=label, unit="step", leave=False):
+            idx = torch.randint(len(q_in), (settings.reconstruct_batch_size,), device=q_in.device)
             x = q_in[idx]
-            if settings.drop_prob:
-                x = torch.where(torch.rand_like(x) < settings.drop_prob, fp_in[idx], x)
+            if settings.reconstruct_drop:
+                x = torch.where(torch.rand_like(x) < settings.reconstruct_drop, fp_in[idx], x)
             loss = _squared_error(block.module(x), target[idx]) + fit.regularizer(step)
             fit.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -176,25 +193,25 @@ def reconstruct(student: nn.Module, images: torch.Tensor, settings: Reconstructi
     after its fit (on the first images).  ``reference``: the student before any block was fitted (a resumed
     reconstruction passes it; by default a copy of ``student``, which then has fitted none).
     """
-    blocks = find_blocks(student, settings.min_layers)
+    blocks = find_blocks(student, settings.reconstruct_min_layers)
     reference = copy.deepcopy(student) if reference is None else reference
-    references = find_blocks(reference, settings.min_layers)
+    references = find_blocks(reference, settings.reconstruct_min_layers)
     devices = [torch.device("cuda", torch.cuda.current_device())] if images.is_cuda else []
     report, q, fp = [], images, images
     with eval_mode(student), eval_mode(reference), quantizers_bypassed(reference), \
             torch.random.fork_rng(devices=devices):
         for k, (block, float_block) in enumerate(zip(blocks, references)):
             torch.manual_seed(settings.seed * 100003 + k)  # per block: a resumed reconstruction draws the same
-            target = _run(float_block.module, fp, settings.batch_size)
+            target = _run(float_block.module, fp, settings.reconstruct_batch_size)
             if k >= done:
-                before = _block_error(block, q, target, settings.batch_size)
+                before = _block_error(block, q, target, settings.reconstruct_batch_size)
                 _fit(student, block, q, fp, target, settings, f"reconstruct {k + 1}/{len(blocks)} {block.name}")
-                after = _block_error(block, q, target, settings.batch_size)
+                after = _block_error(block, q, target, settings.reconstruct_batch_size)
                 report.append({"block": block.name, "layers": block.layers, "error_before": before,
                                "error_after": after})
                 log.info("block %d/%d %s (%d layers): squared error %.4g -> %.4g", k + 1, len(blocks), block.name,
                          len(block.layers), before, after)
-            q, fp = _run(block.module, q, settings.batch_size), target
+            q, fp = _run(block.module, q, settings.reconstruct_batch_size), target
             if k >= done and on_block is not None:
                 on_block(k + 1, len(blocks), report)
     return report

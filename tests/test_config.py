@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 import quant
 from backbones import available_models
-from utils.config import BASE_CONFIG, CONFIG_DIR, Config, ConfigError, load_config, parse_override
+from utils.config import BASE_CONFIG, CONFIG_DIR, Config, ConfigError, base_sections, load_config, parse_override
+from utils.errors import InputError
 
 
 def _write(path: Path, text: str) -> Path:
@@ -190,3 +192,23 @@ def test_the_paper_configs_reproduce_quantface(data):
         assert cfg.lr_milestones == [pytest.approx(10 / 11, abs=1e-3)]
     else:
         assert (cfg.data_source, cfg.epochs, cfg.data_path) == ("recordio", 1, "data/faces_emore")
+
+
+def test_each_section_reads_exactly_the_fields_under_its_heading_in_base():
+    """The typed sections and the flat file users edit describe the same fields: every field of base.py is
+    read by the section named by its heading (the experimental data options by the data section), and no
+    section reads a field from elsewhere."""
+    from distill.settings import section_keys
+    headings, sections = base_sections(), section_keys()
+    headings["data"] += headings.pop("experimental")
+    assert {title: set(names) for title, names in headings.items()} == sections
+
+
+def test_a_bad_field_is_named_when_the_sections_are_built(tmp_path):
+    from distill.settings import TrainSettings
+    for override, message in (("loss=l1", "loss='l1' is not valid"), ("batch_size=0", "batch_size=0 must be >= 1"),
+                              ("reconstruct_drop=1.0", "reconstruct_drop=1.0 must be in"),
+                              ("eval_every=0", "eval_every=0 must be >= 1"),
+                              ("bias_correction=true", "bias_correction=True corrects biases after calibration")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            TrainSettings.from_config(load_config(None, [override, f"output={tmp_path}"]))

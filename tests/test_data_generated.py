@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backbones.spec import ARCFACE
-from data import FaceFolderDataset, GeneratedFaces, build_train_batches
+from data import DataSettings, FaceFolderDataset, GeneratedFaces, build_train_batches
 from data.dcgan import load_dcgan
 from tools.generate_faces import main as generate_faces
 from assets import ensure_asset
@@ -77,7 +77,7 @@ def test_generate_faces_tool_matches_the_generator(weights, tmp_path):
 def generator_config(weights, **fields):
     base = {"data_source": "generator", "generator_weights": str(weights), "samples_per_epoch": 14,
             "batch_size": 3, "seed": 7}
-    return load_config(None, [f"{k}={v}" for k, v in {**base, **fields}.items()])
+    return DataSettings.from_config(load_config(None, [f"{k}={v}" for k, v in {**base, **fields}.items()]))
 
 
 def by_index(batches, epoch: int, start_batch: int = 0) -> dict[int, torch.Tensor]:

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from backbones.spec import InputSpec
-from data import build_train_batches
+from data import DataSettings, build_train_batches
 from data.recordio import write_recordio
-from utils.config import load_config
+from utils.config import ConfigError, load_config
 
 SIZE = 16
 SPEC = InputSpec(size=SIZE)  # a network with 16x16 inputs, (x - 127.5) / 127.5
@@ -42,9 +42,10 @@ def folder(tmp_path_factory):
     return root
 
 
-def config(**fields):
-    base = {"data_source": "folder", "batch_size": 4, "num_workers": 0, "seed": 3}
-    return load_config(None, [f"{k}={v}" for k, v in {**base, **fields}.items()])
+def config(**fields) -> DataSettings:
+    """The data section of a config with these fields set (read from the flat config as training reads it)."""
+    base = {"data_source": "folder", "batch_size": 4, "seed": 3}
+    return DataSettings.from_config(load_config(None, [f"{k}={v}" for k, v in {**base, **fields}.items()]))
 
 
 def decode(batch: torch.Tensor) -> tuple[list[int], list[bool]]:
@@ -82,7 +83,7 @@ def test_epoch_order_is_deterministic_and_follows_the_plan(folder):
 
 
 def test_resume_equals_the_tail_of_the_epoch_with_workers(folder):
-    batches = build_train_batches(config(data_path=str(folder), num_workers=2), SPEC, "cpu")
+    batches = build_train_batches(config(data_path=str(folder)), SPEC, "cpu", workers=2)
     full = run(batches, 2)
     assert run(batches, 2, start_batch=3) == full[3 * 4:]
     assert run(batches, 2, start_batch=batches.batches_per_epoch) == []
@@ -133,10 +134,12 @@ def test_calibration_batches_are_the_same_on_every_rank(folder):
 
 
 def test_configuration_errors(folder, tmp_path):
-    with pytest.raises(ValueError, match="needs data_path"):
-        build_train_batches(config(), SPEC, "cpu")
-    with pytest.raises(ValueError, match="unknown data_source 'lmdb'"):
-        build_train_batches(config(data_source="lmdb", data_path=str(folder)), SPEC, "cpu")
+    with pytest.raises(ConfigError, match="needs data_path"):
+        config()
+    with pytest.raises(ConfigError, match="data_source='lmdb' is not valid"):
+        config(data_source="lmdb", data_path=str(folder))
+    with pytest.raises(ConfigError, match="augment_mixup=0.9 must be in"):
+        config(data_path=str(folder), augment_mixup=0.9)
     with pytest.raises(ValueError, match="42 training samples do not fill one batch of 32 on each of 2"):
         build_train_batches(config(data_path=str(folder), batch_size=32), SPEC, "cpu", rank=1, world_size=2)
     with pytest.raises(ValueError, match="index file .*train.idx not found"):
@@ -151,8 +154,9 @@ from utils.config import load_config
 cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (900, 900), interpolation=cv2.INTER_AREA)  # OpenCV pool starts
 time.sleep(0.5)  # and its threads fall asleep before the DataLoader workers fork
 from backbones.spec import InputSpec
-cfg = load_config(None, ["data_source=folder", "data_path=%s", "batch_size=4", "num_workers=2"])
-print(sum(len(batch) for batch in build_train_batches(cfg, InputSpec(size=16), "cpu").epoch(0)))
+from data import DataSettings
+cfg = DataSettings.from_config(load_config(None, ["data_source=folder", "data_path=%s", "batch_size=4"]))
+print(sum(len(batch) for batch in build_train_batches(cfg, InputSpec(size=16), "cpu", workers=2).epoch(0)))
 """
 
 
@@ -164,7 +168,8 @@ def test_workers_fork_safely_after_opencv_used_threads(folder):
 
 
 def test_noise_source_is_keyed_gaussian_pixels() -> None:
-    cfg = load_config(None, ["data_source=noise", "samples_per_epoch=8", "batch_size=4", "random_flip=false"])
+    cfg = DataSettings.from_config(load_config(None, ["data_source=noise", "samples_per_epoch=8", "batch_size=4",
+                                                      "random_flip=false"]))
     spec = InputSpec()
     batches = build_train_batches(cfg, spec, "cpu")
     first = list(batches.epoch(0))

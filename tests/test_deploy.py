@@ -109,7 +109,7 @@ def test_a_narrow_grouped_conv_runs_in_float_and_the_rest_on_integer_kernels(fac
     torch.manual_seed(0)
     model = get_model("mbf", num_features=64, blocks=[1, 1, 1, 1], scale=2)
     model.train()(torch.cat(faces[:2]))
-    qcfg = quant.QuantConfig(bn_mode="fold", prelu_input=True)
+    qcfg = quant.QuantConfig(bn_mode="fold", quantize_prelu_input=True)
     student = quant.post_training_quantize(model.eval(), qcfg, faces[:2], 2).student.eval()
     path = export_onnx(student, tmp_path / "mbf_scale2.onnx")
     optimized_ops(path, tmp_path)
@@ -209,7 +209,7 @@ def test_iresnet_student_with_prelu_inputs_quantized_runs_every_conv_on_integer_
     conv is left; only the PReLUs (no integer kernel; written as ``a*x + (1-a)*relu(x)``) and the first
     block's ``bn1`` (it reads the stem PReLU's float output) run in float.  With int8 weight containers the
     fc still runs as ``QGemm`` (onnxruntime fuses it only when the weight zero point is written)."""
-    student = quant.post_training_quantize(realistic("r18", faces), quant.QuantConfig(bn_mode="fold", prelu_input=True),
+    student = quant.post_training_quantize(realistic("r18", faces), quant.QuantConfig(bn_mode="fold", quantize_prelu_input=True),
                                            faces[:2], 2).student.eval()
     path = export_onnx(student, tmp_path / "r18.onnx")
     ops, blocks, downsamples = optimized_ops(path, tmp_path), 8, 4
@@ -229,7 +229,7 @@ def test_packed_students_restore_exactly_and_are_small(faces, tmp_path):
     x = faces[4][:4]
     cases = {"w6": (quant.QuantConfig(weight_bits=6, act_bits=6, bn_mode="fold"), 0.20),
              "w4": (quant.QuantConfig(weight_bits=4, act_bits=4, bn_mode="fold"), 0.14),
-             "mixed": (quant.QuantConfig(weight_bits=4, act_bits=4, bn_mode="fold", prelu_input=True,  # and PReLU inputs
+             "mixed": (quant.QuantConfig(weight_bits=4, act_bits=4, bn_mode="fold", quantize_prelu_input=True,  # and PReLU inputs
                                          layer_bits={"layers.0.*": [8, 8], "features.*": [8, 8]}), 0.20),
              "lsq": (quant.QuantConfig(weight_bits=4, act_bits=8, bn_mode="fold", weight_observer="lsq",
                                        act_observer="lsq"), 0.141)}  # measured 0.1403: learned ranges add state
@@ -259,7 +259,7 @@ def test_bit_packing_round_trips_every_width():
 
 def test_bad_inputs_give_one_clear_error(faces, tmp_path, capsys):
     model = realistic("mbf", faces)
-    quantface = quant.QuantConfig(mode="quantface", bn_mode="fold")
+    quantface = quant.QuantConfig(quant_mode="quantface", bn_mode="fold")
     student = quant.post_training_quantize(model, quantface, faces[:1], 1).student
     with pytest.raises(ExportError, match="quant_mode='quantface' students"):
         export_onnx(student, tmp_path / "qf.onnx", meta={"quant": quantface.to_dict()})
@@ -346,7 +346,7 @@ def test_a_tensor_two_layers_read_is_quantized_once_so_its_conv_runs_on_an_integ
     conv before it twice (expansion conv and residual sum).  With one shared quantizer there is one
     QuantizeLinear and onnxruntime makes that conv a ``QLinearConv``: no float conv is left.  With one
     quantizer per reader (older students) the three projection convs run in float."""
-    qcfg = quant.QuantConfig(bn_mode="fold", prelu_input=True, share_input_quantizers=share)
+    qcfg = quant.QuantConfig(bn_mode="fold", quantize_prelu_input=True, share_input_quantizers=share)
     student = quant.post_training_quantize(realistic("mbf", faces), qcfg, faces[:2], 2).student.eval()
     path = export_onnx(student, tmp_path / "mbf.onnx")
     ops = optimized_ops(path, tmp_path)
@@ -371,7 +371,7 @@ def _demo_student(placement: dict) -> tuple[torch.nn.Module, torch.Tensor]:
 # their uint8 container); PReLU-in 0.99855 / 0.99513 | 0.99710 / 0.99369 (OpenVINO fuses a conv, the
 # quantizer of its output and the residual add into one kernel that skips the rounding between them)
 OPENVINO_PLACEMENTS = {"fci": ({"float_conv_inputs": True}, (0.999, 0.995)),
-                       "prelu_input": ({"prelu_input": True}, (0.996, 0.99))}
+                       "prelu_input": ({"quantize_prelu_input": True}, (0.996, 0.99))}
 
 
 @pytest.mark.parametrize("placement", sorted(OPENVINO_PLACEMENTS))

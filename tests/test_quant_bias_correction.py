@@ -100,7 +100,7 @@ def test_post_training_quantize_leaves_the_model_alone_and_freezes_ranges(teache
     assert plain.reference is teacher and all(q.observer_enabled for _, q in quant.quantizers(plain.student))
     with pytest.raises(ValueError, match="got no batches"):
         quant.post_training_quantize(teacher, qcfg(), [])
-    with pytest.raises(ValueError, match="bias_correction needs calibrated ranges"):
+    with pytest.raises(ValueError, match="bias_correction=True corrects biases after calibration"):
         quant.post_training_quantize(teacher, qcfg(bias_correction=True), batches(0), calibration_batches=0)
 
 

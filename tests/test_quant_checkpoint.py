@@ -32,7 +32,7 @@ def trained_student(qcfg: QuantConfig) -> torch.nn.Module:
 
 @pytest.mark.parametrize("qcfg", [
     QuantConfig(),
-    QuantConfig(mode="quantface", act_observer="lsq", bn_mode="fold", weight_bits=4, act_bits=4),
+    QuantConfig(quant_mode="quantface", act_observer="lsq", bn_mode="fold", weight_bits=4, act_bits=4),
     QuantConfig(act_observer="percentile", bn_mode="frozen", layer_bits={"conv1": [8, 8], "layer4.*": [6, 32]}),
 ], ids=["deploy-w8a8", "quantface-lsq-fold-w4a4", "deploy-percentile-frozen-mixed"])
 def test_save_then_load_gives_identical_outputs(tmp_path: Path, qcfg: QuantConfig) -> None:
@@ -106,3 +106,20 @@ def test_shared_input_quantizers_round_trip_and_older_checkpoints_keep_separate_
         assert share or not torch.equal(scales[0], scales[1])
         with torch.no_grad():
             assert torch.equal(loaded(x), student(x))
+
+
+def test_a_checkpoint_written_under_the_settings_older_names_loads_as_it_was_trained(tmp_path: Path) -> None:
+    """Metadata written before each setting had its config key as its one name (``mode``, ``prelu_input``)
+    loads under the new names: the same placement, the same outputs."""
+    kwargs, x = {"num_features": 64, "blocks": [1, 1, 1, 1]}, torch.randn(2, 3, 112, 112)
+    qcfg = QuantConfig(quantize_prelu_input=True, bn_mode="fold")
+    torch.manual_seed(0)
+    student = quantize_model(get_model("mbf", **kwargs), qcfg)
+    calibrate(student, [torch.randn(2, 3, 112, 112)])
+    state, meta = read_checkpoint(save_quantized(tmp_path / "new.pt", student.eval(), "mbf", kwargs, qcfg))
+    quant_meta = meta["quant"]
+    quant_meta["mode"], quant_meta["prelu_input"] = quant_meta.pop("quant_mode"), quant_meta.pop("quantize_prelu_input")
+    loaded = load_quantized(save_checkpoint(tmp_path / "old.pt", state, meta)).eval()
+    assert QuantConfig.from_dict(quant_meta) == qcfg
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student(x))

@@ -72,7 +72,7 @@ def r100() -> nn.Module:
 
 def test_quantface_placement_on_r100_counts_every_listed_quantizer(r100: nn.Module) -> None:
     float_model = r100
-    student = quantize_model(float_model, QuantConfig(mode="quantface"))
+    student = quantize_model(float_model, QuantConfig(quant_mode="quantface"))
     convs = [n for n, m in float_model.named_modules() if type(m) is nn.Conv2d]
     prelus = [n for n, m in float_model.named_modules() if type(m) is nn.PReLU]
     adds = [n for n, m in float_model.named_modules() if type(m) is Add]
@@ -146,7 +146,7 @@ def test_deploy_placement_quantizes_relu_outputs_with_zero_point_zero() -> None:
     calibrate(student, [torch.randn(4, 3, 8, 8)])
     assert q.zero_point.item() == 0 and student.relu2.output_quant.zero_point.item() == 0
     assert student.conv2.bias_input[0] is q  # the int32 bias grid of conv2 uses relu1's scale
-    float_model = quantize_model(ReluNet().eval(), QuantConfig(mode="quantface"))
+    float_model = quantize_model(ReluNet().eval(), QuantConfig(quant_mode="quantface"))
     assert not any("relu" in name for name in placement(float_model))  # the paper's placement leaves ReLU float
 
 
@@ -166,14 +166,14 @@ def test_deploy_placement_on_r100(r100: nn.Module) -> None:
 
 def test_deploy_placement_with_prelu_inputs_quantized(r100: nn.Module) -> None:
     plain, prelu_in = placement(quantize_model(r100, QuantConfig())), placement(
-        quantize_model(r100, QuantConfig(prelu_input=True)))
+        quantize_model(r100, QuantConfig(quantize_prelu_input=True)))
     prelus = [n for n, m in r100.named_modules() if isinstance(m, nn.PReLU)]
     # each PReLU input gets a quantizer (so the conv + BN before it runs as an integer kernel); nothing else moves
     assert prelu_in - plain == {f"{n}.input_quant" for n in prelus} and plain <= prelu_in
     assert len(prelus) == 1 + 49  # the stem and one per block (3 + 13 + 30 + 3)
     with pytest.raises(QuantConfigError, match="quantize_prelu_input=True is a quant_mode='deploy' placement"):
-        QuantConfig(mode="quantface", prelu_input=True)
-    assert QuantConfig.from_config(load_config(None, ["quantize_prelu_input=true"])).prelu_input is True
+        QuantConfig(quant_mode="quantface", quantize_prelu_input=True)
+    assert QuantConfig.from_config(load_config(None, ["quantize_prelu_input=true"])).quantize_prelu_input is True
 
 
 def test_float_conv_inputs_leaves_float_exactly_the_inputs_of_convs_a_prelu_reads(r100: nn.Module) -> None:
@@ -183,7 +183,7 @@ def test_float_conv_inputs_leaves_float_exactly_the_inputs_of_convs_a_prelu_read
     blocks = [n.removesuffix(".conv1") for n, m in r100.named_modules() if n.endswith(".conv1")]
     assert len(blocks) == 49 and plain - fci == {"conv1.input_quant", *(f"{b}.conv1.input_quant" for b in blocks)}
     assert fci < plain and QuantConfig(float_conv_inputs=True).describe() == "W8A8+fci"
-    for wrong in ({"mode": "quantface"}, {"prelu_input": True}):
+    for wrong in ({"quant_mode": "quantface"}, {"quantize_prelu_input": True}):
         with pytest.raises(QuantConfigError, match="float_conv_inputs=True applies to quant_mode='deploy' with "):
             QuantConfig(float_conv_inputs=True, **wrong)
     assert QuantConfig.from_config(load_config(None, ["float_conv_inputs=true"])).float_conv_inputs is True
@@ -192,7 +192,7 @@ def test_float_conv_inputs_leaves_float_exactly_the_inputs_of_convs_a_prelu_read
 def test_state_dict_keeps_float_keys_and_float_model_is_untouched() -> None:
     float_model = tiny()
     before = {k: v.clone() for k, v in float_model.state_dict().items()}
-    student = quantize_model(float_model, QuantConfig(mode="quantface"))
+    student = quantize_model(float_model, QuantConfig(quant_mode="quantface"))
     assert all(type(m) in (TinyNet, nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.PReLU, nn.Sequential, Add,
                            Mul, nn.Linear) for m in float_model.modules())
     assert all(torch.equal(before[k], v) for k, v in float_model.state_dict().items())
@@ -201,7 +201,7 @@ def test_state_dict_keeps_float_keys_and_float_model_is_untouched() -> None:
     assert all("_quant." in k for k in student_keys - float_keys)
     assert "conv1.weight_quant.scale" in student_keys and "add.output_quant.zero_point" in student_keys
     # arcface_torch-style float weights load 1:1 into the student
-    fresh = quantize_model(tiny(seed=1), QuantConfig(mode="quantface"))
+    fresh = quantize_model(tiny(seed=1), QuantConfig(quant_mode="quantface"))
     result = fresh.load_state_dict(float_model.state_dict(), strict=False)
     assert result.unexpected_keys == [] and all("_quant." in k for k in result.missing_keys)
     assert torch.equal(fresh.conv2.weight, float_model.conv2.weight)
@@ -228,13 +228,13 @@ def test_config_from_project_config_and_validation() -> None:
     cfg = load_config(None, ["weight_bits=4", "act_bits=6", "quant_mode=quantface", "layer_bits={'fc': [8, 8]}",
                              "act_observer=ema", "bn_mode=frozen"])
     qcfg = QuantConfig.from_config(cfg)
-    assert (qcfg.weight_bits, qcfg.act_bits, qcfg.mode, qcfg.act_observer, qcfg.bn_mode) == (4, 6, "quantface",
+    assert (qcfg.weight_bits, qcfg.act_bits, qcfg.quant_mode, qcfg.act_observer, qcfg.bn_mode) == (4, 6, "quantface",
                                                                                               "ema", "frozen")
     assert qcfg.layer_bits == {"fc": [8, 8]} and qcfg.weight_symmetric is False  # the paper's asymmetric weights
     assert QuantConfig.from_dict(qcfg.to_dict()) == qcfg
     assert QuantConfig().weight_symmetric is True
     with pytest.raises(QuantConfigError, match="weight_symmetric=True cannot apply with quant_mode='quantface'"):
-        QuantConfig(mode="quantface", weight_symmetric=True)
+        QuantConfig(quant_mode="quantface", weight_symmetric=True)
     with pytest.raises(QuantizeError, match="use quant.post_training_quantize"):
         quantize_model(get_model("mbf", num_features=32), QuantConfig(equalize=True))
     with pytest.raises(QuantConfigError, match="weight_bits=9 is out of range"):
@@ -314,7 +314,7 @@ def test_uncalibrated_frozen_student_raises_clear_error() -> None:
 
 
 def test_quantface_fixed_range_training_recomputes_weight_ranges_every_step() -> None:
-    student = quantize_model(tiny(), QuantConfig(mode="quantface")).train()
+    student = quantize_model(tiny(), QuantConfig(quant_mode="quantface")).train()
     optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
     for step in range(3):  # observer steps
         optimizer.zero_grad()

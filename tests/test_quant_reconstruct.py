@@ -144,7 +144,7 @@ def test_learned_rounding_starts_at_the_weights_and_ends_on_the_quantizers_grid(
 def test_reconstruction_lowers_each_block_error_and_the_held_out_error(float_model):
     student = _student(float_model)
     before = _error(student, float_model, _images(9, 64))
-    settings = ReconstructionSettings(iters=200, batch_size=16, min_layers=1, seed=0)
+    settings = ReconstructionSettings(reconstruct_iters=200, reconstruct_batch_size=16, reconstruct_min_layers=1, seed=0)
     report = reconstruct(student, _images(5, 128), settings)
     assert [r["block"] for r in report] == ["stem.2", "blocks.0.add", "blocks.1.add", "blocks.2.add", "flatten", "fc"]
     assert sum(r["error_after"] < r["error_before"] for r in report) >= 5, report
@@ -158,7 +158,7 @@ def test_reconstruction_lowers_each_block_error_and_the_held_out_error(float_mod
 
 
 def test_a_reconstruction_stopped_after_a_block_goes_on_to_the_same_student(float_model, tmp_path):
-    settings = ReconstructionSettings(iters=20, batch_size=16, min_layers=1, seed=3)
+    settings = ReconstructionSettings(reconstruct_iters=20, reconstruct_batch_size=16, reconstruct_min_layers=1, seed=3)
     images = _images(5, 64)
     whole = _student(float_model)
     (tmp_path / "whole").mkdir()

@@ -24,7 +24,7 @@ import quant
 import distill
 import train_quantization as tq
 from backbones import get_model, input_spec, load_float_model
-from data import GeneratedFaces, build_train_batches
+from data import DataSettings, GeneratedFaces, build_train_batches
 from data.recordio import write_recordio
 from eval.verification import write_bin
 from utils.checkpoint import read_checkpoint, save_checkpoint
@@ -368,7 +368,8 @@ def test_two_process_gloo_run_ends_with_identical_weights_and_ranges_on_both_ran
                           teacher=str(assets["mbf"]), batch_size=2, num_steps=3, lr=0.05, observer_steps=3,
                           output=str(tmp_path / "ddp"), **data)
     cfg = load_config(config)
-    shards = [build_train_batches(cfg, input_spec("mbf"), "cpu", rank, 2).plan(0) for rank in (0, 1)]
+    shards = [build_train_batches(DataSettings.from_config(cfg), input_spec("mbf"), "cpu", rank, 2).plan(0)
+              for rank in (0, 1)]
     assert not set(shards[0].flatten().tolist()) & set(shards[1].flatten().tolist())  # ranks see different faces
 
     launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",

@@ -38,12 +38,13 @@ from torch import nn
 
 import quant
 from backbones import get_model, input_spec
-from data import build_train_batches
+from data import DataSettings, build_train_batches
 from deploy import export_onnx
 from deploy.onnx_model import OnnxModel
 from distill.callbacks import StepCallbacks
 from distill.loop import FINAL_STUDENT, advance, train_step, wrap_ddp
 from distill.precision import keep_tail_fp32
+from distill.settings import TrainSettings
 from distill.setup import prepare_run
 from distill.train_state import list_checkpoints
 from eval.agreement import embedding_agreement
@@ -281,7 +282,7 @@ def stage_host_syncs(table: Table, work: Path, size: Size, teacher: Path, faces:
     """Host syncs of ``train_step`` and its callbacks (a metrics line every third step), LSQ activations."""
     config = write_run_config(work / "syncs.py", size, teacher, faces, device, output=str(work / "syncs"),
                               act_observer="lsq", num_steps=100, save_every=1000, log_every=3)
-    run = prepare_run(load_config(config), DistEnv(0, 1, 0, device))
+    run = prepare_run(TrainSettings.from_config(load_config(config)), DistEnv(0, 1, 0, device))
     if run.amp:
         keep_tail_fp32(run.student)
     callbacks = StepCallbacks(run, time.time())
@@ -310,7 +311,8 @@ def stage_data(table: Table, size: Size, teacher: Path, faces: Path, device: tor
     workers = min(8, os.cpu_count() or 1)
     cfg = load_config(write_run_config(work / "data.py", size, teacher, faces, device, output=str(work / "data"),
                                        batch_size=max(size.batch, 2), num_workers=workers))
-    batches = build_train_batches(cfg, input_spec(size.network, size.kwargs), device)
+    batches = build_train_batches(DataSettings.from_config(cfg), input_spec(size.network, size.kwargs), device,
+                                  workers=workers)
     count, begin = 0, time.perf_counter()
     for images, _ in batches.labelled_epoch(0):
         count += len(images)

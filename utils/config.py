@@ -64,16 +64,22 @@ class Config(dict):
         return path
 
 
+def base_sections() -> dict[str, list[str]]:
+    """Every field of ``config/base.py`` by the heading it stands under (``# ---- run ----`` gives "run")."""
+    sections: dict[str, list[str]] = {}
+    names: list[str] = []
+    for line in BASE_CONFIG.read_text().splitlines():
+        if line.startswith("# ----"):
+            names = sections.setdefault(re.split(r"[:(]", line.strip("# -"))[0].strip(), [])
+        elif "=" in line and line[:1].isalpha():
+            names.append(line.split("=", 1)[0].strip())
+    return sections
+
+
 def field_sections() -> str:
     """Every field of ``config/base.py`` by section, names only (their defaults and meanings are in that file),
     for a command's ``--help``."""
-    sections: list[tuple[str, list[str]]] = []
-    for line in BASE_CONFIG.read_text().splitlines():
-        if line.startswith("# ----"):
-            sections.append((re.split(r"[:(]", line.strip("# -"))[0].strip(), []))
-        elif sections and "=" in line and line[:1].isalpha():
-            sections[-1][1].append(line.split("=", 1)[0].strip())
-    return "\n".join(f"  {title}: {', '.join(names)}" for title, names in sections if names)
+    return "\n".join(f"  {title}: {', '.join(names)}" for title, names in base_sections().items() if names)
 
 
 def _unknown_key_message(key: str, valid: Iterable[str], where: str) -> str:
