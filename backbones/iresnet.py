@@ -2,8 +2,8 @@
 
 Module names and shapes match arcface_torch exactly, so its ``backbone.pth`` / ``model.pt`` state_dicts
 load with ``strict=True``.  Parameter counts (512-D): r18 24.03 M, r34 34.14 M, r50 43.59 M,
-r100 65.16 M, r200 ~ 110 M.  Reference accuracy (arcface_torch, MS1MV3): r100 LFW 99.83, CFP-FP 98.x,
-AgeDB-30 98.x.
+r100 65.16 M, r200 ~ 110 M.  arcface_torch's published accuracies for these networks are quoted in
+docs/backbones.md.
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 Why: sample ``i`` of a run must be the same whatever the batch size, the rank count, the device or
 whether the run was resumed, so nothing may depend on how many numbers were drawn before it.  A
 SplitMix64 finaliser over the keys gives independent 64-bit words in one vectorised numpy call per
-batch (~5 us per 100-dim latent here, about what re-seeding a torch.Generator per sample costs, but
-fixed by this file rather than by torch's RNG implementation, so it also holds across torch versions).
+batch (about what re-seeding a torch.Generator per sample costs, docs/data.md, but fixed by this file
+rather than by torch's RNG implementation, so it also holds across torch versions).
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def keyed_coins(seed: int, stream: str, epoch: int, indices: Sequence[int] | np.
 def keyed_permutation(seed: int, stream: str, epoch: int, n: int) -> torch.Tensor:
     """int64 permutation of ``range(n)`` for this (seed, stream, epoch), the same on every rank.
 
-    Sorting hashed keys costs ~0.2 s per million items, once per epoch.
+    Sorting hashed keys is paid once per epoch (its cost: docs/data.md).
     """
     words = keyed_words(seed, stream, epoch, np.arange(n, dtype=np.int64))
     return torch.from_numpy(np.argsort(words, kind="stable"))

@@ -110,9 +110,9 @@ def write_recordio(rec_path: str | os.PathLike, items: Iterable[tuple[bytes, flo
 class RecordIndex:
     """key -> byte offset of a ``.rec``'s records, as two int64 numpy arrays sorted by key.
 
-    Why not a dict: 5.8M records (faces_emore) take ~0.6 GB as Python ints, and every DataLoader worker ends
-    up with its own copy (reading a Python object writes its reference count, so forked pages get copied);
-    two arrays take 16 bytes a record and stay shared.
+    Why not a dict: 5.8M records (faces_emore) take a lot of memory as Python ints (docs/data.md), and
+    every DataLoader worker ends up with its own copy (reading a Python object writes its reference count,
+    so forked pages get copied); two arrays take 16 bytes a record and stay shared.
     """
 
     def __init__(self, keys: np.ndarray, offsets: np.ndarray) -> None:

@@ -116,8 +116,8 @@ def open_onnx(path: str | os.PathLike, runtime: str = "auto", threads: int = 0,
     """``(model, choice)``: ``path`` opened on ``runtime``; ``choice`` says which runtime runs it and why.
 
     ``"auto"`` times both on ``PROBE_BATCH`` random images of the file's input (best of ``PROBE_REPEATS``, a
-    second or two) and takes the faster, but only where the two outputs agree (cosine >= ``AGREE``): an int8
-    file whose integer kernels differ between the runtimes on this CPU stays on onnxruntime."""
+    short probe: docs/deployment.md) and takes the faster, but only where the two outputs agree (cosine >=
+    ``AGREE``): an int8 file whose integer kernels differ between the runtimes on this CPU stays on onnxruntime."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     if runtime == "onnxruntime":

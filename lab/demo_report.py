@@ -11,7 +11,8 @@ the float teacher, the post-training-quantization baseline
 student training started from) and the distilled student (``<output>/student_final.pt``); then the
 files a user would ship, run by onnxruntime: the distilled student exported to int8 ONNX
 (``<output>/student_int8.onnx``) and, for comparison, onnxruntime's own ``quantize_static`` of the fp32 ONNX
-teacher (the naive way), with their file sizes and images/s against the fp32 ONNX teacher.  Configs of
+teacher (the naive way), with their file sizes and images/s on onnxruntime and (where installed) OpenVINO,
+each against the fastest float runtime on this machine; where no int8 file beats it, the report says so.  Configs of
 several teachers are grouped by teacher.  It prints the tables and writes ``report.md``, ``report.json`` and ``report.png`` into ``--out`` (default: the first config's output).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,8 @@ from eval.embed import embed_batches
 from deploy import OnnxModel, export_onnx
 from distill.reconstruction import reconstructed_state
 from deploy.baseline import quantize_static_baseline
+from deploy.cpu import cpu_description, isa_flags
+from deploy.openvino_runtime import OPENVINO_MISSING, OpenVinoModel
 from deploy.timing import images_per_s
 from eval.report import markdown_table
 from utils.checkpoint import CheckpointError
@@ -162,16 +166,34 @@ def evaluate_config(cfg: Config, device: torch.device, shared: Shared, holdout: 
     key = (cfg.teacher, DataSettings.from_config(cfg))  # the same teacher and calibration faces: the same baseline
     if key not in shared.baselines:
         teacher_onnx, static, ours = teacher_baselines(cfg, teacher, device)
+        files = {"teacher_onnx": teacher_onnx, "teacher_onnx_ours": ours, "quantize_static": static}
         shared.baselines[key] = (scores("quantize_static", static, static.size_mb), teacher_onnx.size_mb, ours.size_mb,
-                                 {"teacher_onnx": _speed(teacher_onnx), "teacher_onnx_ours": _speed(ours),
-                                  "quantize_static": _speed(static)})
-    result["quantize_static"], result["teacher_onnx_mb"], result["teacher_onnx_ours_mb"], speeds = shared.baselines[key]
-    result["speed"] = {**speeds, "onnx": _speed(onnx)}
+                                 speeds({kind: model.path for kind, model in files.items()}, teacher.input_spec.size))
+    result["quantize_static"], result["teacher_onnx_mb"], result["teacher_onnx_ours_mb"], base = shared.baselines[key]
+    result["speed"] = {**base, **speeds({"onnx": onnx.path}, teacher.input_spec.size)}
     return result
 
 
-def _speed(model: OnnxModel) -> float:
-    return images_per_s(model, SPEED_BATCH, model.input_spec.size)
+def speeds(files: dict[str, Path], size: int) -> dict[str, dict[str, float]]:
+    """``{kind: {runtime: images/s}}`` of ONNX files at batch ``SPEED_BATCH`` on ``SPEED_THREADS`` threads:
+    onnxruntime here, OpenVINO (where installed) in a child process, which keeps its native thread pool out
+    of this one."""
+    rates = {kind: {"onnxruntime": images_per_s(OnnxModel(path, threads=SPEED_THREADS, spec=InputSpec(size=size)),
+                                                SPEED_BATCH, size)} for kind, path in files.items()}
+    if not OPENVINO_MISSING:
+        command = [sys.executable, "-m", "lab.demo_report", "--time-openvino", str(size), *map(str, files.values())]
+        child = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        if child.returncode != 0:
+            raise RuntimeError(f"timing on OpenVINO failed:\n{child.stderr[-2000:]}")
+        for kind, rate in zip(files, json.loads(child.stdout.strip().splitlines()[-1])):
+            rates[kind]["openvino"] = rate
+    return rates
+
+
+def _time_openvino(size: int, paths: list[str]) -> list[float]:
+    """The child's job: images/s of each file on OpenVINO."""
+    return [images_per_s(OpenVinoModel(path, threads=SPEED_THREADS, spec=InputSpec(size=size)), SPEED_BATCH, size)
+            for path in paths]
 
 
 def teacher_baselines(cfg: Config, teacher: torch.nn.Module, device: torch.device
@@ -264,25 +286,41 @@ def johns_table(results: list[dict[str, Any]]) -> str:
     return markdown_table(JOHNS_COLUMNS, lines, text_columns=len(JOHNS_COLUMNS))
 
 
+def _fastest(rates: dict[str, float]) -> tuple[str, float]:
+    runtime = max(rates, key=rates.get)
+    return runtime, rates[runtime]
+
+
 def speed_table(results: list[dict[str, Any]]) -> str:
-    """Images/s of the shipped files against each fp32 ONNX teacher, all in onnxruntime."""
-    rows = []
+    """Images/s of every file on each runtime, and each file's best against the fastest float runtime of its
+    teacher on this machine; a line per teacher says plainly where float stays the fastest way to run it."""
+    rows, verdicts = [], []
     for teacher, group in _by_teacher(results).items():
-        base = group[0]["speed"]["teacher_onnx"]
-        rows.append([teacher, "teacher fp32 ONNX", "FP32", f"{group[0]['teacher_onnx_mb']:.2f}", f"{base:.1f}", "1.00"])
-        ours = group[0]["speed"]["teacher_onnx_ours"]
-        rows.append([teacher, "teacher fp32 ONNX, this toolkit's export", "FP32",
-                     f"{group[0]['teacher_onnx_ours_mb']:.2f}",
-                     f"{ours:.1f}", f"{ours / base:.2f}"])
-        for r in group:
-            rows.append([teacher, ROWS[2][1], r["bits"], f"{r['onnx']['size_mb']:.2f}", f"{r['speed']['onnx']:.1f}",
-                         f"{r['speed']['onnx'] / base:.2f}"])
-        static = group[0]["speed"]["quantize_static"]
-        rows.append([teacher, ROWS[3][1], "W8A8", f"{group[0]['quantize_static']['size_mb']:.2f}", f"{static:.1f}",
-                     f"{static / base:.2f}"])
-    header = ["teacher", "model", "bits", "file MB", f"images/s (batch {SPEED_BATCH}, {SPEED_THREADS} threads)",
-              "ratio to fp32 ONNX teacher"]
-    return markdown_table(header, rows, text_columns=3)
+        speed = group[0]["speed"]
+        fp32 = {(kind, runtime): rate for kind in ("teacher_onnx", "teacher_onnx_ours")
+                for runtime, rate in speed[kind].items()}
+        (base_kind, base_runtime), base = max(fp32.items(), key=lambda item: item[1])
+        files = [("teacher fp32 ONNX", "FP32", group[0]["teacher_onnx_mb"], speed["teacher_onnx"]),
+                 ("teacher fp32 ONNX, this toolkit's export", "FP32", group[0]["teacher_onnx_ours_mb"],
+                  speed["teacher_onnx_ours"])]
+        files += [(ROWS[2][1].replace(" (onnxruntime)", ""), r["bits"], r["onnx"]["size_mb"], r["speed"]["onnx"])
+                  for r in group]
+        files.append((ROWS[3][1], "W8A8", group[0]["quantize_static"]["size_mb"], speed["quantize_static"]))
+        runtimes = list(speed["teacher_onnx"])
+        for model, bits, size, rates in files:
+            runtime, best = _fastest(rates)
+            rows.append([teacher, model, bits, f"{size:.2f}", *(f"{rates[r]:.1f}" for r in runtimes),
+                         f"{best / base:.2f} ({runtime})"])
+        runtime, best = max((_fastest(r["speed"]["onnx"]) for r in group), key=lambda item: item[1])
+        fastest = f"{'this toolkit' if base_kind == 'teacher_onnx_ours' else 'its'} fp32 file on {base_runtime}"
+        verdicts.append(f"- {teacher}: the fastest float runtime is {fastest} ({base:.1f} images/s); the distilled "
+                        f"int8 file's best is {best / base:.2f}x that ({runtime})"
+                        + ("." if best > base else f": on this CPU float on {base_runtime} stays the fastest way to "
+                           "run this model; the int8 file is smaller, not faster."))
+    header = ["teacher", "model", "bits", "file MB", *(f"{r} images/s" for r in runtimes),
+              "best / fastest fp32"]
+    return (f"Speed: batch {SPEED_BATCH}, {SPEED_THREADS} threads, CPU {cpu_description()} ({isa_flags()})\n\n"
+            + markdown_table(header, rows, text_columns=3) + "\n" + "\n".join(verdicts) + "\n")
 
 
 def seed_output(cfg: Config, seed: int) -> str:
@@ -377,14 +415,20 @@ def bar_chart(results: list[dict[str, Any]], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("configs", nargs="+", help="demo config files whose runs have finished")
+    parser.add_argument("configs", nargs="*", help="demo config files whose runs have finished")
     parser.add_argument("--out", default="", help="report folder (default: the first config's output)")
     parser.add_argument("--holdout-seed", type=int, default=HOLDOUT_SEED, help="generator seed of the held-out faces")
     parser.add_argument("--holdout-count", type=int, default=HOLDOUT_COUNT, help="number of held-out generated faces")
     parser.add_argument("--johns", default=str(JOHNS_DIR), help="folder holding johns.json (the 55 johns faces)")
+    parser.add_argument("--time-openvino", nargs="+", help=argparse.SUPPRESS)  # the child's job: SIZE FILE ...
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds whose runs are combined (mean, and spread = max - min); default: the config's own")
     args = parser.parse_args(argv)
+    if args.time_openvino:
+        print(json.dumps(_time_openvino(int(args.time_openvino[0]), args.time_openvino[1:])))
+        return 0
+    if not args.configs:
+        parser.error("give the demo config files whose runs have finished")
     johns_dir = Path(args.johns)
     try:
         per_config = [seed_configs(path, args.seeds) for path in args.configs]

@@ -3,8 +3,9 @@ and Bias Correction"): give back each quantized layer the mean output its float 
 
 Rounding weights (and activations upstream) shifts the mean of a layer's output, and the shift
 adds up over the layers.  In the pretrained MobileFaceNet of the demo, 4-bit weights in the global
-depthwise 7x7 conv alone take the embedding's cosine to the teacher from 1.0 to 0.906; almost all
-of that is such a shift, and correcting it brings the cosine back to 0.997.  The correction is
+depthwise 7x7 conv alone pull the embedding's cosine to the teacher well down; almost all of that is
+such a shift, and correcting it brings the cosine nearly back (figures in docs/quantization.md, Bias
+correction).  The correction is
 ``bias += E[y_float] - E[y_quant]`` per output channel, measured on calibration images, layer after
 layer in forward order (each layer is corrected with the layers before it already corrected, in one
 forward pass).  Only layers that have a bias are corrected; no parameter is added.

@@ -3,10 +3,10 @@
 
 Activation fake quantization is memory-bound.  As torch's vectorised eager ops (``quant.fake_quant``'s
 composed form) it reads and writes a batch of activations five times, as torch's fused CPU kernels it runs
-a scalar loop; either costs about a fifth of an r18 or MobileFaceNet training step on CPU.  Compiled, the
-forward reads the tensor once and writes output and mask, the LSQ backward reads input and gradient once:
-measured 35 -> 5.7 ms for one r18 stage-1 activation (32 x 64 x 56 x 56, one thread, memory reused), and
-forward and backward of torch's learnable (LSQ) kernel 94-178 -> 22 ms.  The arithmetic is the fused
+a scalar loop; either is a sizeable share of an r18 or MobileFaceNet training step on CPU.  Compiled, the
+forward reads the tensor once and writes output and mask, the LSQ backward reads input and gradient once,
+which makes both several times faster than the eager forms and torch's learnable (LSQ) kernel (timings in
+docs/quantization.md, The quantizer).  The arithmetic is the fused
 kernels', in their order (``1/s`` and every product in float32, round half to even), so values and masks
 are bit-equal to them;
 only the LSQ scale and zero-point gradients, sums over the tensor, differ in float rounding (another
@@ -62,7 +62,8 @@ def fake_quant_mask(x: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tenso
                     high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 ``x`` (one row per channel, or a single row), float32 parameters, one per row (``[rows, 1]``;
     ``low``/``high``: the grid's ends minus the zero point): the fake-quantized values and a
-    float32 mask of the values that were not clamped (stored 4x faster than a bool one by inductor's code)."""
+    float32 mask of the values that were not clamped (inductor's code stores it faster than a bool one;
+    docs/quantization.md)."""
     q = torch.round(x * inv_scale)
     clamped = torch.clamp(q, low, high)
     return clamped * scale, (clamped == q).to(x.dtype)

@@ -2,15 +2,15 @@
 
 A per-tensor activation quantizer wastes its levels when a few channels are far larger than the
 rest (typical of networks whose BatchNorm was folded into the convolutions, such as the pretrained
-MobileFaceNet of the demo: one input ranges over [-93, 332] while most channels stay within a few
-units).  For a chain ``producer -> [PReLU | ReLU | zero padding | identity] -> consumer`` in which the
-producer's output feeds nothing else, dividing the producer's output channel ``i`` by ``s_i`` and
-multiplying the consumer's input channel ``i`` by ``s_i`` leaves the network's function unchanged,
-because those in-between operations are positively homogeneous per channel (``prelu(x/s) = prelu(x)/s``
-for ``s > 0``).  ``s_i`` follows SmoothQuant: ``s_i = sqrt(a_i / w_i)`` (normalised), balancing the
-activation range ``a_i`` observed on calibration data against the consumer's weight range ``w_i``;
-for a depthwise consumer (weights quantized per channel, so its weight range costs nothing) the
-activation ranges are made equal outright.
+MobileFaceNet of the demo: a few channels of one layer input range far wider than the others, which stay
+near zero; its range is in docs/quantization.md).  For a chain
+``producer -> [PReLU | ReLU | zero padding | identity] -> consumer`` in which the producer's output feeds
+nothing else, dividing the producer's output channel ``i`` by ``s_i`` and multiplying the consumer's input
+channel ``i`` by ``s_i`` leaves the network's function unchanged, because those in-between operations
+are positively homogeneous per channel (``prelu(x/s) = prelu(x)/s`` for ``s > 0``).  ``s_i`` follows
+SmoothQuant: ``s_i = sqrt(a_i / w_i)`` (normalised), balancing the activation range ``a_i`` observed on
+calibration data against the consumer's weight range ``w_i``; for a depthwise consumer (weights quantized
+per channel, so its weight range costs nothing) the activation ranges are made equal outright.
 
 Producers: Conv2d, Linear, BatchNorm (their ``weight[i]`` and ``bias[i]`` scale).  Consumers: Conv2d
 (ungrouped or depthwise) and Linear.  The model is found by tracing (``quant.graph``); nothing is

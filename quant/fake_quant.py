@@ -1,9 +1,9 @@
 """Fake quantization with a straight-through gradient: torch's fused kernels, and an equal CPU form.
 
 torch's fused fake-quant kernels (``torch.fake_quantize_per_tensor_affine`` / ``_per_channel_affine``)
-are the reference.  On CUDA they are what runs.  On CPU they are scalar loops: measured 10-13 ns per
-element on one core (r18 at batch 8: 0.8 s of a 3.4 s float training step), 3-7x slower than the same
-arithmetic as torch's vectorised elementwise ops.  For float32 CPU tensors this module therefore computes
+are the reference.  On CUDA they are what runs.  On CPU they are scalar loops, a sizeable share of a
+training step and several times slower than the same arithmetic as torch's vectorised elementwise ops
+(timings in docs/quantization.md, The quantizer).  For float32 CPU tensors this module therefore computes
 exactly what those kernels compute, in that order:
 
     q = round_half_even(x * (1 / s)),  out = clamp(q, qmin - z, qmax - z) * s,
@@ -37,7 +37,8 @@ def _composed(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qu
               axis: int | None, keep_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The fused kernels' arithmetic as vectorised ops: ``(output, float32 mask of unclamped values or None)``.
     The mask is float32 (4 bytes per element, against the kernels' 1): comparing into and multiplying by a
-    float mask is 2.5x faster on CPU than with a bool one; it reuses the buffer of the unclamped values."""
+    float mask is faster on CPU than with a bool one (docs/quantization.md); it reuses the buffer of the
+    unclamped values."""
     scale = scale.float()
     if axis is None:
         z = int(zero_point.reshape(()).item())

@@ -19,8 +19,8 @@ from utils.errors import InputError
 
 
 # deploy mode: a grouped conv with fewer input channels per group than this (not depthwise) reads a float
-# input: onnxruntime's integer kernel for it is slower than the float one (measured: a 3x3 conv with groups of
-# 2 channels, 32x128x56x56, 251 ms as QLinearConv against 51 ms in float; groups of 8 break even)
+# input: onnxruntime's integer kernel for it is slower than the float one at groups of 2 channels and no faster
+# at 8 (docs/deployment.md, What decides the speed, (5) Grouped convs)
 MIN_INTEGER_GROUP_CHANNELS = 4
 
 

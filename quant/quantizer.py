@@ -53,8 +53,8 @@ def qparams_from_range(min_val: torch.Tensor, max_val: torch.Tensor, qmin: int, 
 
 def _aminmax(x: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 min and max over the whole tensor (shape [1]) or per output channel (dim 0; shape [C]).
-    Per channel, ``amin`` and ``amax`` apart: ``torch.aminmax(dim=1)`` is 7x slower on CPU (33 ms against 4.4 ms
-    for r18's 512x25088 fc weight, one thread), and the weights' ranges are taken at every training step."""
+    Per channel, ``amin`` and ``amax`` apart: ``torch.aminmax(dim=1)`` is several times slower on CPU
+    (docs/quantization.md), and the weights' ranges are taken at every training step."""
     if per_channel:
         flat = x.reshape(x.shape[0], -1)
         return flat.amin(dim=1).float(), flat.amax(dim=1).float()

@@ -3,12 +3,12 @@
 glibc serves every allocation over its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives it
 back with ``munmap`` when the tensor dies.  A CPU training step allocates and frees the same large
 activations, gradients and fake-quantized copies every step, and each new buffer costs the kernel one page
-fault per 4 KB, zeroing included: on r18 at batch 32 (one thread) 0.2-0.8 M faults a step for the float
-model and 0.8-1.2 M for its W8A8 student (it holds more large temporaries), 0.3-3.5 s of system time in a
-7-11 s step.  With ``mmap`` off and the heap trimmed only when over 2 GB of its top is free, freed buffers
-are reused as they are: once the heap has grown to hold a step's peak (a few steps; fragmentation makes it
-grow now and then later too) most steps fault no new pages, for a larger resident set (the peak stays
-allocated).
+fault per 4 KB, zeroing included: many faults a step and a sizeable share of the step spent in the
+kernel, more for a quantized student (it holds more large temporaries); the figures are in
+docs/training.md (CPU memory).  With ``mmap`` off and the heap trimmed only when over 2 GB of its top is
+free, freed buffers are reused as they are: once the heap has grown to hold a step's peak (a few steps;
+fragmentation makes it grow now and then later too) most steps fault no new pages, for a larger resident
+set (the peak stays allocated).
 
 ``QUANTFACE_REUSE_CPU_MEMORY=0`` leaves glibc's defaults.  Outside glibc (macOS, musl) this does nothing.
 """

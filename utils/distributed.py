@@ -48,7 +48,7 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=60)
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else CPU (said once: a run on the CPU that was
-    meant for a GPU is hundreds of times slower); ``cuda`` -> ``cuda:<local_rank>``."""
+    meant for a GPU is far slower, docs/gpu.md); ``cuda`` -> ``cuda:<local_rank>``."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
         if spec == "cpu":
