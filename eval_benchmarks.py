@@ -32,7 +32,7 @@ from deploy.loading import load_model_file
 from deploy.openvino_runtime import RUNTIMES
 from utils.checkpoint import CheckpointError
 from utils.distributed import resolve_device
-from utils.errors import QuantFaceError, report
+from utils.errors import QuantFaceError, RunError, report
 from utils.fileio import atomic_write_json, atomic_write_text, check_writable_dir, created_folder
 
 DEFAULT_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
@@ -154,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args)
     except QuantFaceError as exc:
         return report(exc)
+    except KeyboardInterrupt:  # files are written whole or not at all (utils.fileio), so none is half written
+        return report(RunError("interrupted: the evaluation stopped before it finished; run the command again"))
     return 0
 
 

@@ -27,7 +27,7 @@ from deploy.onnx_export import uint8_weight_layers
 from deploy.loading import PACKED_SUFFIX
 from deploy.packed import save_packed
 from eval.report import bits_label
-from utils.errors import QuantFaceError, report
+from utils.errors import QuantFaceError, RunError, report
 from utils.fileio import check_writable_dir
 
 EXPORTED_SUFFIXES = (".onnx", PACKED_SUFFIX)
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"({path.stat().st_size / 1e6 / fp32_mb:.3f}x the {fp32_mb:.2f} MB of fp32 parameters)")
     except QuantFaceError as exc:
         return report(exc)
+    except KeyboardInterrupt:  # files are written whole or not at all (utils.fileio), so none is half written
+        return report(RunError("interrupted: the export stopped before it finished; run the command again"))
     return 0
 
 

@@ -278,6 +278,25 @@ def test_interrupted_training(assets, tmp_path):
         load_training_state(path)
 
 
+def test_interrupted_evaluation(assets, tmp_path):
+    """A real SIGINT while the checkpoint is being evaluated: one line, exit 1, no half-written results."""
+    write_bin(tmp_path / "bins" / "lfw.bin", [assets["images"][k % 10] for k in range(1200)],
+              [k % 2 == 0 for k in range(600)])
+    out = tmp_path / "eval"
+    process = subprocess.Popen([sys.executable, str(ROOT / "eval_benchmarks.py"), "--checkpoint", str(assets["teacher"]),
+                                "--data-dir", str(tmp_path / "bins"), "--targets", "lfw", "--out", str(out),
+                                "--device", "cpu", "--workers", "0", "--batch-size", "8"], cwd=ROOT,
+                               env=_script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not process.stdout.readline().startswith("== "):  # the checkpoint is loaded: its sets come next
+        assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert one_error_line(err) == ("error: interrupted: the evaluation stopped before it finished; run the command "
+                                   "again")
+    assert not (out / "results.json").exists() and not [p for p in out.glob("*") if p.name.startswith(".")]
+
+
 # ---- checkpoints and settings -----------------------------------------------------------------------------
 
 def test_export_exported_file(tmp_path, capsys):
