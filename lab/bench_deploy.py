@@ -215,11 +215,11 @@ def _child(path: Path, runtime: str, size: int, args: argparse.Namespace) -> dic
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def runs(files: dict[str, Path]) -> list[tuple[str, str]]:
-    """(variant, runtime) pairs to time: every ONNX file on onnxruntime and, when installed, OpenVINO;
-    the PyTorch checkpoint on torch, NNCF's IR on OpenVINO."""
+def runs(files: dict[str, Path], variants: list[str]) -> list[tuple[str, str]]:
+    """(variant, runtime) pairs to time, of ``variants`` and the float files (the baseline): every ONNX file on
+    onnxruntime and, when installed, OpenVINO; the PyTorch checkpoint on torch, NNCF's IR on OpenVINO."""
     pairs = [("fp32 pytorch", "torch")]
-    for variant in VARIANTS[1:]:
+    for variant in (v for v in VARIANTS[1:] if v in variants or v in FP32):
         pairs += [(variant, "ort")] + ([] if OPENVINO_MISSING else [(variant, "ov")])
     return pairs + ([(NNCF, "ov")] if NNCF in files else [])
 
@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (best is kept)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT",
+                        help="the files to time (the fp32 files always are: they are the baseline); default: all of "
+                             + ", ".join(VARIANTS))
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process's job
     parser.add_argument("--runtime", default="ort", choices=["torch", "ort", "ov"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=112, help=argparse.SUPPRESS)
@@ -288,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             if name in PRETRAINED:
                 agree[name] = agreement(files, models)
             results[name] = {f"{variant} @{runtime}": _child(files[variant], runtime, size, args)
-                             for variant, runtime in runs(files)}
+                             for variant, runtime in runs(files, args.variants)}
             print(f"measured {name}\n{report({name: results[name]}, {name: agree.get(name, {})}, args)}", flush=True)
     versions = f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}"
     if not OPENVINO_MISSING:
