@@ -312,14 +312,15 @@ def speed_table(results: list[dict[str, Any]]) -> str:
             rows.append([teacher, model, bits, f"{size:.2f}", *(f"{rates[r]:.1f}" for r in runtimes),
                          f"{best / base:.2f} ({runtime})"])
         runtime, best = max((_fastest(r["speed"]["onnx"]) for r in group), key=lambda item: item[1])
-        fastest = f"{'this toolkit' if base_kind == 'teacher_onnx_ours' else 'its'} fp32 file on {base_runtime}"
+        owner = "this toolkit's" if base_kind == "teacher_onnx_ours" else "the user's"
+        fastest = f"{owner} fp32 file on {base_runtime}"
         verdicts.append(f"- {teacher}: the fastest float runtime is {fastest} ({base:.1f} images/s); the distilled "
                         f"int8 file's best is {best / base:.2f}x that ({runtime})"
                         + ("." if best > base else f": on this CPU float on {base_runtime} stays the fastest way to "
                            "run this model; the int8 file is smaller, not faster."))
     header = ["teacher", "model", "bits", "file MB", *(f"{r} images/s" for r in runtimes),
               "best / fastest fp32"]
-    return (f"Speed: batch {SPEED_BATCH}, {SPEED_THREADS} threads, CPU {cpu_description()} ({isa_flags()})\n\n"
+    return (f"Speed: batch {SPEED_BATCH}, {SPEED_THREADS} threads, CPU {cpu_description()}; {isa_flags()}\n\n"
             + markdown_table(header, rows, text_columns=3) + "\n" + "\n".join(verdicts) + "\n")
 
 
