@@ -24,6 +24,12 @@ from distill.margin import MarginHead
 LOSSES = ("mse", "cosine", "angular")
 
 
+def check_loss(kind: str) -> None:
+    """ValueError naming the field when ``kind`` is not a distillation loss."""
+    if kind not in LOSSES:
+        raise ValueError(f"loss={kind!r} is not one of {', '.join(LOSSES)}")
+
+
 class DistillationLoss(nn.Module):
     """``loss(student_emb [B, Ds], teacher_emb [B, Dt], labels [B]) -> scalar`` in float32 (call it outside
     autocast); with a ``head`` (``distill.margin``), ``head_weight`` times its margin softmax loss on the
@@ -32,8 +38,7 @@ class DistillationLoss(nn.Module):
     def __init__(self, kind: str = "mse", student_dim: int = 512, teacher_dim: int = 512,
                  head: MarginHead | None = None, head_weight: float = 1.0):
         super().__init__()
-        if kind not in LOSSES:
-            raise ValueError(f"unknown loss '{kind}' (choose from {', '.join(LOSSES)})")
+        check_loss(kind)
         self.kind, self.head, self.head_weight = kind, head, head_weight
         self.projection = nn.Linear(student_dim, teacher_dim, bias=False) if student_dim != teacher_dim else None
 

@@ -19,16 +19,21 @@ from torch import nn
 HEADS = ("arcface", "cosface")
 
 
+def check_head(kind: str, num_classes: int) -> None:
+    """ValueError naming the field when ``kind`` is no margin head or there are too few identities."""
+    if kind not in HEADS:
+        raise ValueError(f"margin_head={kind!r} is not one of {', '.join(HEADS)}")
+    if num_classes < 2:
+        raise ValueError(f"margin_head={kind!r} needs num_classes >= 2 (the identities; got {num_classes})")
+
+
 class MarginHead(nn.Module):
     """``head(embedding [B, D], labels [B]) -> cross-entropy loss`` of the margin logits."""
 
     def __init__(self, embedding_size: int, num_classes: int, kind: str = "arcface", s: float = 64.0,
                  m: float = 0.5) -> None:
         super().__init__()
-        if kind not in HEADS:
-            raise ValueError(f"unknown margin head '{kind}' (choose from {', '.join(HEADS)})")
-        if num_classes < 2:
-            raise ValueError(f"a margin head needs num_classes >= 2, got {num_classes}")
+        check_head(kind, num_classes)
         self.kind, self.s, self.m, self.num_classes = kind, float(s), float(m), num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_size).normal_(0.0, 0.01))
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data.settings import DataSettings
-from distill.losses import LOSSES
-from distill.margin import HEADS
+from distill.losses import check_loss
+from distill.margin import check_head
 from distill.schedule import SCHEDULERS, milestone_steps
 from eval.settings import EvalSettings
 from quant.config import QuantSettings
@@ -87,13 +87,12 @@ class OptimSettings(Section):
     amp: bool = True
 
     def __post_init__(self) -> None:
-        one_of("loss", self.loss, LOSSES)
         one_of("scheduler", self.scheduler, SCHEDULERS)
         one_of("optimizer", self.optimizer, OPTIMIZERS)
-        if self.margin_head and (self.margin_head not in HEADS or self.num_classes < 2):
-            raise ConfigError(f"margin_head={self.margin_head!r} needs one of {', '.join(HEADS)} and num_classes "
-                              f">= 2 (the identities; got {self.num_classes})")
-        try:
+        try:  # the rules the loss, the head and the schedule check themselves with, checked now
+            check_loss(self.loss)
+            if self.margin_head:
+                check_head(self.margin_head, self.num_classes)
             milestone_steps(self.lr_milestones, 1)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
