@@ -70,7 +70,8 @@ def to_onnx(model: nn.Module, meta: dict[str, Any] | None = None, int8_weights: 
     model = getattr(model, "module", model)
     spec = input_spec_of(model)
     student = any(True for _ in quant.quantizers(model))
-    if student and (meta or {}).get("quant", {}).get("mode") == "quantface":
+    placement = quant.QuantConfig.from_dict(meta["quant"]) if (meta or {}).get("quant") else None
+    if student and placement is not None and placement.quant_mode == "quantface":
         raise ExportError("quant_mode='quantface' students (asymmetric weights, quantized PReLU) have no exact "
                           "int8 form; train a quant_mode='deploy' student to export it")
     g = _lower(model, int8_weights, native_prelu).g

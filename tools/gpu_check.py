@@ -55,7 +55,7 @@ from utils.distributed import DistEnv
 from utils.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = {"deploy/minmax": {}, "deploy/lsq": {"act_observer": "lsq"}, "quantface": {"mode": "quantface"}}
+MODES = {"deploy/minmax": {}, "deploy/lsq": {"act_observer": "lsq"}, "quantface": {"quant_mode": "quantface"}}
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
 
 
