@@ -59,7 +59,7 @@ def bench_network(name: str, batch_size: int, steps: int, warmup: int, modes: li
     variants = {"float": _step_fn(model, images, target)}
     students = {}
     for mode in modes:
-        student = quantize_model(model, QuantConfig(weight_bits=8, act_bits=8, mode=mode)).train()
+        student = quantize_model(model, QuantConfig(weight_bits=8, act_bits=8, quant_mode=mode)).train()
         students[mode] = student
         variants[f"{mode} observing"] = _step_fn(student, images, target)
         variants[f"{mode} frozen"] = _step_fn(student, images, target)
