@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from utils.errors import InputError
-from utils.sections import Section, one_of
+from utils.sections import Section, at_least, one_of
 
 FLOAT_BITS = (16, 32)          # a bit width of 16 or 32 means "leave this tensor in float"
 MIN_BITS, MAX_BITS = 2, 8
@@ -153,9 +153,7 @@ class QuantSettings:
     size_budget: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("calibration_batches", "observer_steps"):
-            if getattr(self, key) < 0:
-                raise QuantConfigError(f"{key}={getattr(self, key)} must be >= 0")
+        at_least(self, 0, "calibration_batches", "observer_steps", error=QuantConfigError)
         if self.size_budget and not 0 < self.size_budget < 1:
             raise QuantConfigError(f"size_budget={self.size_budget} must be a share of the fp32 size in (0, 1), "
                                    "e.g. 0.15")

@@ -33,7 +33,7 @@ from quant.config import QuantConfigError
 from quant.layers import QuantWeighted
 from quant.quantizer import FakeQuantizer
 from utils.modes import eval_mode
-from utils.sections import Section
+from utils.sections import Section, at_least
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ class ReconstructionSettings(Section):
         if self.reconstruct_iters < 0:
             raise QuantConfigError(f"reconstruct_iters={self.reconstruct_iters} must be >= 0 (0 = no block "
                                    "reconstruction)")
-        for key in ("reconstruct_images", "reconstruct_batch_size", "reconstruct_min_layers"):
-            if self.reconstruct_iters and getattr(self, key) < 1:
-                raise QuantConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.reconstruct_iters:
+            at_least(self, 1, "reconstruct_images", "reconstruct_batch_size", "reconstruct_min_layers",
+                     error=QuantConfigError)
         if not 0.0 <= self.reconstruct_drop < 1.0:
             raise QuantConfigError(f"reconstruct_drop={self.reconstruct_drop} must be in [0, 1) (0.5 = QDrop, "
                                    "0 = BRECQ)")

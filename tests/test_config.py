@@ -206,9 +206,12 @@ def test_each_section_reads_exactly_the_fields_under_its_heading_in_base():
 
 def test_a_bad_field_is_named_when_the_sections_are_built(tmp_path):
     from distill.settings import TrainSettings
-    for override, message in (("loss=l1", "loss='l1' is not one of mse, cosine, angular"), ("batch_size=0", "batch_size=0 must be >= 1"),
+    for override, message in (("loss=l1", "loss='l1' is not one of mse, cosine, angular"),
+                              ("batch_size=0", "batch_size=0 must be >= 1"),
                               ("reconstruct_drop=1.0", "reconstruct_drop=1.0 must be in"),
                               ("eval_every=0", "eval_every=0 must be >= 1"),
+                              ("observer_steps=-1", "observer_steps=-1 must be >= 0"),
+                              ("reconstruct_iters=2 reconstruct_batch_size=0", "reconstruct_batch_size=0 must be >= 1"),
                               ("bias_correction=true", "bias_correction=True corrects biases after calibration")):
         with pytest.raises(InputError, match=re.escape(message)):
-            TrainSettings.from_config(load_config(None, [override, f"output={tmp_path}"]))
+            TrainSettings.from_config(load_config(None, [*override.split(), f"output={tmp_path}"]))

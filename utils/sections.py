@@ -29,11 +29,11 @@ class Section:
         return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
-def at_least(owner: object, minimum: int | float, *names: str) -> None:
-    """ConfigError naming the first of ``names`` whose value is below ``minimum``."""
+def at_least(owner: object, minimum: int | float, *names: str, error: type[Exception] = ConfigError) -> None:
+    """``error`` naming the first of ``names`` whose value is below ``minimum``."""
     for name in names:
         if getattr(owner, name) < minimum:
-            raise ConfigError(f"{name}={getattr(owner, name)} must be >= {minimum}")
+            raise error(f"{name}={getattr(owner, name)} must be >= {minimum}")
 
 
 def one_of(name: str, value: Any, choices: tuple[str, ...], error: type[Exception] = ConfigError) -> None:
