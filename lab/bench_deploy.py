@@ -205,10 +205,13 @@ def measure(path: Path, runtime: str, batches: list[int], threads: list[int], re
     return {"rates": rates, "peak_mb": _peak_rss_mb(), "size_mb": sum(f.stat().st_size for f in files) / 1e6}
 
 
-def _child(path: Path, runtime: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure_in_child(path: Path, runtime: str, size: int, batches: list[int], threads: list[int], repeats: int
+                     ) -> dict[str, Any]:
+    """``measure`` in a fresh process: each file's peak memory is its own, and OpenVINO's native thread pool
+    stays out of the caller's process."""
     command = [sys.executable, "-m", "lab.bench_deploy", "--measure", str(path), "--runtime", runtime,
-               "--size", str(size), "--repeats", str(args.repeats),
-               "--batches", *map(str, args.batches), "--threads", *map(str, args.threads)]
+               "--size", str(size), "--repeats", str(repeats),
+               "--batches", *map(str, batches), "--threads", *map(str, threads)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if run.returncode != 0:
         raise RuntimeError(f"measuring {path} on {runtime} failed:\n{run.stderr[-2000:]}")
@@ -290,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             size = models["teacher"].input_spec.size
             if name in PRETRAINED:
                 agree[name] = agreement(files, models)
-            results[name] = {f"{variant} @{runtime}": _child(files[variant], runtime, size, args)
+            results[name] = {f"{variant} @{runtime}": measure_in_child(files[variant], runtime, size, args.batches,
+                                                                     args.threads, args.repeats)
                              for variant, runtime in runs(files, args.variants)}
             print(f"measured {name}\n{report({name: results[name]}, {name: agree.get(name, {})}, args)}", flush=True)
     versions = f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import quant
 from backbones import load_float_model
 from backbones.spec import InputSpec
 from data import DataSettings, GeneratedFaces, TrainBatches, build_train_batches
+from lab.bench_deploy import measure_in_child
 from lab.realfaces import JOHNS_DIR, aligned_real_faces, johns_faces
 from eval.agreement import compare_models
 from eval.embed import embed_batches
@@ -40,7 +40,7 @@ from deploy import OnnxModel, export_onnx
 from distill.reconstruction import reconstructed_state
 from deploy.baseline import quantize_static_baseline
 from deploy.cpu import cpu_description, isa_flags
-from deploy.openvino_runtime import OPENVINO_MISSING, OpenVinoModel
+from deploy.openvino_runtime import OPENVINO_MISSING
 from deploy.timing import images_per_s
 from eval.report import markdown_table
 from utils.checkpoint import CheckpointError
@@ -48,7 +48,7 @@ from utils.config import Config, ConfigError, load_config
 from utils.distributed import resolve_device
 
 BASELINE_FACES = 64      # calibration faces for onnxruntime's quantize_static (the run's first batches)
-SPEED_BATCH, SPEED_THREADS = 32, 2
+SPEED_BATCH, SPEED_THREADS, SPEED_REPEATS = 32, 2, 3
 
 HOLDOUT_SEED = 1000003   # generator seed of the held-out faces (training uses the config's seed)
 HOLDOUT_COUNT = 256
@@ -176,24 +176,16 @@ def evaluate_config(cfg: Config, device: torch.device, shared: Shared, holdout: 
 
 def speeds(files: dict[str, Path], size: int) -> dict[str, dict[str, float]]:
     """``{kind: {runtime: images/s}}`` of ONNX files at batch ``SPEED_BATCH`` on ``SPEED_THREADS`` threads:
-    onnxruntime here, OpenVINO (where installed) in a child process, which keeps its native thread pool out
-    of this one."""
+    onnxruntime here, OpenVINO (where installed) in a child process each (``lab.bench_deploy``), which keeps
+    its native thread pool out of this one."""
     rates = {kind: {"onnxruntime": images_per_s(OnnxModel(path, threads=SPEED_THREADS, spec=InputSpec(size=size)),
-                                                SPEED_BATCH, size)} for kind, path in files.items()}
+                                                SPEED_BATCH, size, repeats=SPEED_REPEATS)}
+             for kind, path in files.items()}
     if not OPENVINO_MISSING:
-        command = [sys.executable, "-m", "lab.demo_report", "--time-openvino", str(size), *map(str, files.values())]
-        child = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-        if child.returncode != 0:
-            raise RuntimeError(f"timing on OpenVINO failed:\n{child.stderr[-2000:]}")
-        for kind, rate in zip(files, json.loads(child.stdout.strip().splitlines()[-1])):
-            rates[kind]["openvino"] = rate
+        for kind, path in files.items():
+            rates[kind]["openvino"] = measure_in_child(path, "ov", size, [SPEED_BATCH], [SPEED_THREADS],
+                                                       SPEED_REPEATS)["rates"][f"b{SPEED_BATCH}t{SPEED_THREADS}"]
     return rates
-
-
-def _time_openvino(size: int, paths: list[str]) -> list[float]:
-    """The child's job: images/s of each file on OpenVINO."""
-    return [images_per_s(OpenVinoModel(path, threads=SPEED_THREADS, spec=InputSpec(size=size)), SPEED_BATCH, size)
-            for path in paths]
 
 
 def teacher_baselines(cfg: Config, teacher: torch.nn.Module, device: torch.device
@@ -416,20 +408,14 @@ def bar_chart(results: list[dict[str, Any]], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("configs", nargs="*", help="demo config files whose runs have finished")
+    parser.add_argument("configs", nargs="+", help="demo config files whose runs have finished")
     parser.add_argument("--out", default="", help="report folder (default: the first config's output)")
     parser.add_argument("--holdout-seed", type=int, default=HOLDOUT_SEED, help="generator seed of the held-out faces")
     parser.add_argument("--holdout-count", type=int, default=HOLDOUT_COUNT, help="number of held-out generated faces")
     parser.add_argument("--johns", default=str(JOHNS_DIR), help="folder holding johns.json (the 55 johns faces)")
-    parser.add_argument("--time-openvino", nargs="+", help=argparse.SUPPRESS)  # the child's job: SIZE FILE ...
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds whose runs are combined (mean, and spread = max - min); default: the config's own")
     args = parser.parse_args(argv)
-    if args.time_openvino:
-        print(json.dumps(_time_openvino(int(args.time_openvino[0]), args.time_openvino[1:])))
-        return 0
-    if not args.configs:
-        parser.error("give the demo config files whose runs have finished")
     johns_dir = Path(args.johns)
     try:
         per_config = [seed_configs(path, args.seeds) for path in args.configs]
